@@ -1,0 +1,257 @@
+"""Saved activations: :class:`ActivationCache` (one trace) and :class:`HeadFeatures` (a data set).
+
+Both hold tensors only; nothing here touches a model.
+"""
+
+import dataclasses
+import re
+from collections.abc import Hashable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from savlens.errors import FeatureError, HookNameError, LabelError
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One saved tensor with the dim words of its axes and the positions it was sliced at.
+
+    Attributes:
+        value: the tensor.
+        dims: one glossary word per axis, e.g. ``("batch", "pos", "head_index", "d_head")``.
+        positions: what was asked for (``"last"``, ``"image"``, ``"text"``, ``"all"`` or indices).
+        mask: for ragged positions (``"image"`` / ``"text"``), a ``batch pos`` bool tensor that is True
+            where the ``pos`` slot holds a real position; None where every slot is real.
+        index: for sliced positions, the ``batch pos`` tensor of sequence indices each slot was read at.
+    """
+
+    value: Tensor
+    dims: tuple[str, ...]
+    positions: Any = "all"
+    mask: Tensor | None = None
+    index: Tensor | None = None
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{d}={s}" for d, s in zip(self.dims, self.value.shape))
+        return f"CacheEntry({sizes}; dtype={self.value.dtype}, positions={self.positions!r})"
+
+
+class ActivationCache(Mapping[str, Tensor]):
+    """Activations of one trace, keyed by canonical hook name.
+
+    ``cache[name]`` gives the tensor; ``cache.dims(name)`` its dim words; ``cache.entry(name)`` the
+    full :class:`CacheEntry` (positions, padding mask of ragged selections).
+
+    Example:
+        >>> import torch
+        >>> c = ActivationCache({"blocks.0.attn.hook_z": CacheEntry(torch.zeros(2, 1, 4, 8),
+        ...     ("batch", "pos", "head_index", "d_head"), "last")})
+        >>> c.dims("blocks.0.attn.hook_z")
+        ('batch', 'pos', 'head_index', 'd_head')
+        >>> c.stack("blocks.*.attn.hook_z").shape
+        torch.Size([2, 1, 1, 4, 8])
+    """
+
+    def __init__(self, entries: Mapping[str, CacheEntry] | None = None) -> None:
+        self._entries: dict[str, CacheEntry] = dict(entries or {})
+
+    def __getitem__(self, name: str) -> Tensor:
+        return self.entry(name).value
+
+    def entry(self, name: str) -> CacheEntry:
+        """Return the :class:`CacheEntry` saved under ``name``."""
+        try:
+            return self._entries[name]
+        except KeyError:
+            from savlens.names import closest
+
+            hint = closest(name, list(self._entries))
+            raise HookNameError(
+                f"{name!r} is not in this cache. Saved names: {_short_list(list(self._entries))}."
+                + (f" Did you mean {', '.join(map(repr, hint))}?" if hint else "")
+            ) from None
+
+    def dims(self, name: str) -> tuple[str, ...]:
+        """Return the dim words of the tensor saved under ``name``."""
+        return self.entry(name).dims
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _set(self, name: str, entry: CacheEntry) -> None:
+        self._entries[name] = entry
+
+    def stack(self, pattern: str) -> Tensor:
+        """Stack the per-layer tensors matching ``pattern`` (e.g. ``blocks.*.attn.hook_z``) on a new
+        ``layer`` axis placed after ``batch`` and ``pos``: ``batch pos layer ...``."""
+        from savlens.names import match_saved
+
+        names = match_saved(pattern, list(self._entries))
+        if not names:
+            raise HookNameError(f"{pattern!r} matches nothing in this cache; saved: {_short_list(list(self))}.")
+        values = [self[n] for n in names]
+        shapes = {tuple(v.shape) for v in values}
+        if len(shapes) != 1:
+            raise FeatureError(f"cannot stack {pattern!r}: the matched tensors have shapes {sorted(shapes)}.")
+        lead = 2 if self.dims(names[0])[:2] == ("batch", "pos") else 1
+        return torch.stack(values, dim=lead)
+
+    def __repr__(self) -> str:
+        lines = [f"ActivationCache({len(self)} entries)"]
+        for name, e in self._entries.items():
+            sizes = " ".join(f"{d}={s}" for d, s in zip(e.dims, e.value.shape))
+            lines.append(f"  {name}: [{sizes}] {str(e.value.dtype).removeprefix('torch.')}")
+        return "\n".join(lines)
+
+
+def _short_list(items: Sequence[str], n: int = 6) -> str:
+    shown = ", ".join(items[:n])
+    return shown + (f", ... ({len(items)} in all)" if len(items) > n else "") if items else "(none)"
+
+
+_LAYER_RE = re.compile(r"^blocks\.(\d+)\.")
+
+
+@dataclass(eq=False)
+class HeadFeatures:
+    """Per-head features of a data set: one vector per (example, layer, head) at a chosen position.
+
+    This is the SAV feature (DESIGN.md step 1): ``z[i, l, h]`` is the slice of the input of the attention
+    output projection of layer ``l`` that belongs to query head ``h``, at example ``i``'s chosen position
+    (by default its last token).
+
+    Attributes:
+        z: ``example layer head_index d_head`` tensor (CPU).
+        labels: one label per example (str or int, one type), or None for unlabelled features.
+        example_ids: one unique id per example.
+        model_id: the model the features come from (its name or path, or a user-given id).
+        hook: the hook pattern read, ``"blocks.*.attn.hook_z"`` by default.
+        positions: the positions read (``"last"`` by default).
+        prompt_template: the prompt template the examples were rendered with (None: the raw text).
+        layers: the model layer of each ``layer`` row (``range(n_layers)`` when all layers were read).
+        meta: free-form JSON-serialisable extras (library versions, dtype, ...).
+    """
+
+    z: Float[Tensor, "example layer head_index d_head"]
+    labels: list[Hashable] | None = None
+    example_ids: list[str] | None = None
+    model_id: str = "unknown"
+    hook: str = "blocks.*.attn.hook_z"
+    positions: str = "last"
+    prompt_template: str | None = None
+    layers: tuple[int, ...] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.z, Tensor) or self.z.ndim != 4:
+            shape = tuple(self.z.shape) if isinstance(self.z, Tensor) else type(self.z).__name__
+            raise FeatureError(f"HeadFeatures.z must be a 4-d tensor [example layer head_index d_head]; got {shape}.")
+        n = self.z.shape[0]
+        if self.layers is None:
+            self.layers = tuple(range(self.z.shape[1]))
+        else:
+            self.layers = tuple(int(x) for x in self.layers)
+        if len(self.layers) != self.z.shape[1]:
+            raise FeatureError(f"HeadFeatures.layers has {len(self.layers)} entries but z has layer={self.z.shape[1]}.")
+        if self.example_ids is None:
+            self.example_ids = [str(i) for i in range(n)]
+        else:
+            self.example_ids = [str(i) for i in self.example_ids]
+        if len(self.example_ids) != n:
+            raise FeatureError(f"{len(self.example_ids)} example_ids for example={n} rows of z.")
+        if len(set(self.example_ids)) != n:
+            seen: set[str] = set()
+            dup = next(i for i in self.example_ids if i in seen or seen.add(i))  # type: ignore[func-returns-value]
+            raise FeatureError(f"example_ids must be unique; {dup!r} appears more than once.")
+        if self.labels is not None:
+            self.labels = list(self.labels)
+            if len(self.labels) != n:
+                raise LabelError(f"{len(self.labels)} labels for example={n} rows of z; give one label per example.")
+
+    # sizes -----------------------------------------------------------------------------------------
+    @property
+    def n_examples(self) -> int:
+        return int(self.z.shape[0])
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.z.shape[1])
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.z.shape[2])
+
+    @property
+    def d_head(self) -> int:
+        return int(self.z.shape[3])
+
+    def __len__(self) -> int:
+        return self.n_examples
+
+    def __repr__(self) -> str:
+        n_classes = len(set(self.labels)) if self.labels is not None else 0
+        return (
+            f"HeadFeatures(example={self.n_examples}, layer={self.n_layers}, head_index={self.n_heads}, "
+            f"d_head={self.d_head}, classes={n_classes}, model_id={self.model_id!r}, hook={self.hook!r}, "
+            f"positions={self.positions!r})"
+        )
+
+    # selection -------------------------------------------------------------------------------------
+    def subset(self, index: Sequence[int] | Tensor) -> "HeadFeatures":
+        """Return the features of the examples at ``index`` (in that order)."""
+        idx = torch.as_tensor(index, dtype=torch.long)
+        ids = [self.example_ids[i] for i in idx.tolist()]  # type: ignore[index]
+        labels = [self.labels[i] for i in idx.tolist()] if self.labels is not None else None
+        return dataclasses.replace(self, z=self.z[idx], labels=labels, example_ids=ids)
+
+    def with_labels(self, labels: Sequence[Hashable]) -> "HeadFeatures":
+        """Return a copy with ``labels`` attached (one per example)."""
+        return dataclasses.replace(self, labels=list(labels))
+
+    def describe(self) -> dict[str, Any]:
+        """Return the provenance fields (no tensors) as a JSON-serialisable dict."""
+        return {
+            "model_id": self.model_id,
+            "hook": self.hook,
+            "positions": self.positions,
+            "prompt_template": self.prompt_template,
+            "layers": list(self.layers or ()),
+            "n_heads": self.n_heads,
+            "d_head": self.d_head,
+        }
+
+    def check_compatible(self, other: "HeadFeatures", what: str = "these features") -> None:
+        """Raise :class:`FeatureError` unless ``other`` comes from the same model, hook, positions
+        and grid as ``self``."""
+        mine, theirs = self.describe(), other.describe()
+        diff = {k: (mine[k], theirs[k]) for k in mine if mine[k] != theirs[k] and k != "prompt_template"}
+        if diff:
+            parts = "; ".join(f"{k}: {a!r} vs {b!r}" for k, (a, b) in diff.items())
+            raise FeatureError(f"cannot mix {what}: they come from different sources ({parts}).")
+
+    @staticmethod
+    def concat(parts: Sequence["HeadFeatures"]) -> "HeadFeatures":
+        """Concatenate features of the same source along the example axis."""
+        if not parts:
+            raise FeatureError("HeadFeatures.concat needs at least one part.")
+        for p in parts[1:]:
+            parts[0].check_compatible(p, "features in concat")
+        has_labels = [p.labels is not None for p in parts]
+        if any(has_labels) and not all(has_labels):
+            raise LabelError("HeadFeatures.concat: some parts have labels and some do not.")
+        labels = [lab for p in parts for lab in (p.labels or [])] if all(has_labels) else None
+        ids = [i for p in parts for i in (p.example_ids or [])]
+        return dataclasses.replace(parts[0], z=torch.cat([p.z for p in parts]), labels=labels, example_ids=ids)
+
+
+def layer_of(name: str) -> int | None:
+    """Return the layer number of a ``blocks.{l}.`` name, or None."""
+    m = _LAYER_RE.match(name)
+    return int(m.group(1)) if m else None

@@ -1,0 +1,210 @@
+"""`Batch`: examples rendered through the model's prompt template, chat template and processor.
+
+A batch is padded (left by default), carries the attention mask and model-specific position inputs, and
+knows, for every row, where its last real token is and which positions are image tokens. It remembers the
+model it was built for, so a batch cannot silently be run through another model.
+"""
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from jaxtyping import Bool, Int
+from torch import Tensor
+
+from savlens.errors import BatchMismatchError, InputError
+from savlens.example import Example
+
+if TYPE_CHECKING:
+    from savlens.load import Model
+
+PaddingSide = Literal["left", "right"]
+
+
+@dataclass
+class Batch:
+    """A padded batch of examples, ready for :func:`savlens.trace`.
+
+    Attributes:
+        inputs: the keyword arguments of the model's forward (``input_ids``, ``attention_mask``, image
+            tensors, and ``position_ids`` where the family needs them for padding-invariant positions).
+        example_ids: the id of the example in each row.
+        labels: the label of each row (None where unlabelled).
+        prompts: the rendered prompt text of each row (after prompt and chat template).
+        last_index: ``batch`` sequence index of each row's last real (non-pad) token.
+        image_mask: ``batch pos`` True at image tokens.
+        fingerprint: the fingerprint of the model (config, tokenizer, chat template) it was built for.
+        padding_side: ``"left"`` or ``"right"``.
+        prompt_template: the prompt template used (None: the raw text).
+    """
+
+    inputs: dict[str, Any]
+    example_ids: list[str]
+    labels: list[Hashable | None]
+    prompts: list[str]
+    last_index: Int[Tensor, " batch"]
+    image_mask: Bool[Tensor, "batch pos"]
+    fingerprint: str
+    padding_side: PaddingSide = "left"
+    prompt_template: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def attention_mask(self) -> Int[Tensor, "batch pos"]:
+        return self.inputs["attention_mask"]
+
+    @property
+    def input_ids(self) -> Int[Tensor, "batch pos"]:
+        return self.inputs["input_ids"]
+
+    @property
+    def text_mask(self) -> Bool[Tensor, "batch pos"]:
+        """``batch pos`` True at real (non-pad) tokens that are not image tokens."""
+        return self.attention_mask.bool() & ~self.image_mask
+
+    @property
+    def size(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.input_ids.shape[1])
+
+    @property
+    def lengths(self) -> Int[Tensor, " batch"]:
+        """Real (non-pad) tokens per row."""
+        return self.attention_mask.sum(-1)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __repr__(self) -> str:
+        n_img = self.image_mask.sum(-1).tolist()
+        return (
+            f"Batch(batch={self.size}, pos={self.seq_len}, lengths={self.lengths.tolist()}, "
+            f"image_tokens={n_img}, padding_side={self.padding_side!r})"
+        )
+
+    def check_model(self, model: "Model") -> None:
+        """Raise :class:`BatchMismatchError` unless this batch was built for ``model``."""
+        if self.fingerprint != model.fingerprint:
+            raise BatchMismatchError(
+                f"this batch was built for another model (fingerprint {self.fingerprint}, this model "
+                f"{model.fingerprint}, {model.family}). Rebuild it with savlens.Batch.from_examples(model, examples)."
+            )
+
+    @classmethod
+    def from_examples(
+        cls,
+        model: "Model",
+        examples: Sequence[Example | str],
+        *,
+        prompt_template: str | None = None,
+        chat: bool = True,
+        system_prompt: str | None = None,
+        padding_side: PaddingSide = "left",
+    ) -> "Batch":
+        """Render ``examples`` and encode them as one padded batch for ``model``.
+
+        Args:
+            model: the wrapped model (:func:`savlens.load` / :func:`savlens.wrap`).
+            examples: :class:`Example` objects (or plain strings, taken as text-only examples).
+            prompt_template: a ``str.format`` template with ``{text}`` (and optionally keys of
+                ``Example.meta``) applied to each example's text before the chat template.
+            chat: render through the chat template (with the generation prompt); False feeds the raw
+                text, with the model's image placeholder in front for each image.
+            system_prompt: an optional system message (None keeps the chat template's default).
+            padding_side: ``"left"`` (default; the last real token is at index -1) or ``"right"``.
+
+        Raises:
+            InputError: no examples, duplicate ids, an image given to a text-only model, empty input, a
+                prompt longer than the model's context, a bad prompt template.
+        """
+        exs = [Example(e) if isinstance(e, str) else e for e in examples]
+        if not exs:
+            raise InputError("Batch.from_examples got no examples.")
+        for i, e in enumerate(exs):
+            if not isinstance(e, Example):
+                raise InputError(f"example {i} is a {type(e).__name__}; give savlens.Example objects or strings.")
+        if padding_side not in ("left", "right"):
+            raise InputError(f"padding_side must be 'left' or 'right'; got {padding_side!r}.")
+        ids = [e.id if e.id is not None else str(i) for i, e in enumerate(exs)]
+        if len(set(ids)) != len(ids):
+            dup = sorted({i for i in ids if ids.count(i) > 1})
+            raise InputError(f"duplicate example ids in one batch: {dup[:5]}; give each example a unique id.")
+        prompts, images = [], []
+        for i, e in enumerate(exs):
+            if e.n_images and not model.multimodal:
+                raise InputError(
+                    f"example {ids[i]!r} has {e.n_images} image(s) but {model.family} model {model.model_id!r} "
+                    "is a text-only language model; drop the images or load a vision-language model."
+                )
+            if not e.text.strip() and not e.n_images and e.messages is None:
+                raise InputError(f"example {ids[i]!r} is empty (no text, no image).")
+            text = _apply_template(prompt_template, e, ids[i])
+            prompts.append(model.render(e, text, chat=chat, system_prompt=system_prompt))
+            row_images = e.load_images()
+            if row_images:
+                images.append(row_images)
+        enc = model.encode(prompts, images, padding_side=padding_side)
+        mask = enc["attention_mask"]
+        lengths = mask.sum(-1)
+        max_ctx = model.max_context
+        if max_ctx is not None and int(lengths.max()) > max_ctx:
+            row = int(lengths.argmax())
+            raise InputError(
+                f"example {ids[row]!r} is {int(lengths[row])} tokens long after templating and image expansion, "
+                f"more than the model's context of {max_ctx}; shorten the text or use fewer / smaller images."
+            )
+        if int(lengths.min()) == 0:
+            raise InputError(f"example {ids[int(lengths.argmin())]!r} encodes to zero tokens.")
+        image_mask = model.image_token_mask(enc["input_ids"])
+        for i, e in enumerate(exs):
+            if e.n_images and not bool(image_mask[i].any()):
+                raise InputError(
+                    f"example {ids[i]!r} has images but its prompt has no image token; with a custom `messages` "
+                    f"include one {model.resolved.spec.image_item} item per image."
+                )
+        model.add_position_inputs(enc, has_images=bool(images))
+        return cls(
+            inputs=enc,
+            example_ids=ids,
+            labels=[e.label for e in exs],
+            prompts=prompts,
+            last_index=last_real_index(mask),
+            image_mask=image_mask,
+            fingerprint=model.fingerprint,
+            padding_side=padding_side,
+            prompt_template=prompt_template,
+        )
+
+
+def _apply_template(template: str | None, example: Example, example_id: str) -> str:
+    if template is None:
+        return example.text
+    try:
+        return template.format(text=example.text, **example.meta)
+    except (KeyError, IndexError, ValueError) as e:
+        raise InputError(
+            f"prompt_template {template!r} cannot be filled for example {example_id!r} ({e!r}); it may use "
+            "{text} and keys of Example.meta, and literal braces must be doubled ({{ }})."
+        ) from None
+
+
+def last_real_index(mask: Int[Tensor, "batch pos"]) -> Int[Tensor, " batch"]:
+    """Return the sequence index of each row's last non-pad token (left or right padding).
+
+    >>> last_real_index(torch.tensor([[0, 1, 1], [1, 1, 0]])).tolist()
+    [2, 1]
+    """
+    seq = mask.shape[-1]
+    return seq - 1 - mask.flip(-1).long().argmax(-1)
+
+
+def mask_positions(mask: Int[Tensor, "batch pos"]) -> Int[Tensor, "batch pos"]:
+    """Return padding-aware position ids: ``cumsum(mask) - 1``, 0 at pad slots.
+
+    >>> mask_positions(torch.tensor([[0, 1, 1], [1, 1, 0]])).tolist()
+    [[0, 0, 1], [0, 1, 0]]
+    """
+    return (mask.long().cumsum(-1) - 1).clamp(min=0).masked_fill(mask == 0, 0)

@@ -1,0 +1,22 @@
+"""Architecture knowledge: one declarative spec per family, and the registry. The only place in savlens
+that knows where modules live inside a model."""
+
+from savlens.models.families import DECODER_LM, LLAVA_ONEVISION, QWEN2_5_VL, QWEN2_VL
+from savlens.models.registry import register, registered, spec_for, unregister
+from savlens.models.spec import ModelSpec, ResolvedSpec, Sizes, get_path, resolve_spec
+
+__all__ = [
+    "DECODER_LM",
+    "LLAVA_ONEVISION",
+    "QWEN2_5_VL",
+    "QWEN2_VL",
+    "ModelSpec",
+    "ResolvedSpec",
+    "Sizes",
+    "get_path",
+    "register",
+    "registered",
+    "resolve_spec",
+    "spec_for",
+    "unregister",
+]

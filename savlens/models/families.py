@@ -1,0 +1,66 @@
+"""The built-in family specs: one declarative `ModelSpec` each. Adding a family = adding one spec here
+(or in a file of its own) plus its contract tests (tests/test_models.py runs every family)."""
+
+from savlens.models.spec import ModelSpec
+
+#: Decoder-only LMs with Llama-style attention (q/k/v/o projections, RoPE, optional GQA).
+DECODER_LM = ModelSpec(
+    family="decoder_lm",
+    classes=(
+        "LlamaForCausalLM",
+        "Qwen2ForCausalLM",
+        "MistralForCausalLM",
+        "Qwen3ForCausalLM",
+        "Gemma2ForCausalLM",
+    ),
+    blocks=("model.layers", "model.model.layers"),
+    final_norm=("model.norm",),
+    unembed=("lm_head",),
+)
+
+#: LLaVA-OneVision: SigLIP tower -> 2-layer MLP projector -> Qwen2 LM (anyres tiles, image newline).
+LLAVA_ONEVISION = ModelSpec(
+    family="llava_onevision",
+    classes=("LlavaOnevisionForConditionalGeneration",),
+    blocks=("model.language_model.layers", "language_model.model.layers"),
+    final_norm=("model.language_model.norm", "language_model.model.norm"),
+    unembed=("lm_head", "language_model.lm_head"),
+    vision_encoder=(
+        "model.vision_tower.vision_model.encoder.layers.-1",
+        "model.vision_tower.encoder.layers.-1",
+        "vision_tower.vision_model.encoder.layers.-1",
+    ),
+    vision_projector=("model.multi_modal_projector", "multi_modal_projector"),
+    text_config="text_config",
+    image_token_attr=("image_token_id", "image_token_index"),
+    positions="mask_cumsum",
+    vision_dims=("vision_batch", "vision_pos", "d_vision"),
+    projector_dims=("vision_batch", "vision_pos", "d_model"),
+    nested_images=True,
+)
+
+_QWEN_COMMON = dict(
+    blocks=("model.language_model.layers", "model.layers"),
+    final_norm=("model.language_model.norm", "model.norm"),
+    unembed=("lm_head",),
+    vision_encoder=("model.visual.blocks.-1", "visual.blocks.-1"),
+    vision_projector=("model.visual.merger", "visual.merger"),
+    text_config="text_config",
+    image_token_attr=("image_token_id",),
+    positions="mrope",
+    # the Qwen vision tower packs the patches of all images on one axis
+    vision_dims=("vision_pos", "d_vision"),
+    projector_dims=("image_token", "d_model"),
+)
+
+#: Qwen2-VL: ViT with 2-D RoPE and a patch merger; LM with multimodal rotary positions (mRoPE).
+QWEN2_VL = ModelSpec(family="qwen2_vl", classes=("Qwen2VLForConditionalGeneration",), **_QWEN_COMMON)  # type: ignore[arg-type]
+
+#: Qwen2.5-VL: as Qwen2-VL with windowed vision attention and a gated vision MLP.
+QWEN2_5_VL = ModelSpec(
+    family="qwen2_5_vl",
+    classes=("Qwen2_5_VLForConditionalGeneration",),
+    **_QWEN_COMMON,  # type: ignore[arg-type]
+)
+
+BUILTIN = (DECODER_LM, LLAVA_ONEVISION, QWEN2_VL, QWEN2_5_VL)

@@ -1,0 +1,239 @@
+"""`ModelSpec`: the declarative description of one model family, and its validation against a model.
+
+A spec names, for each role, the module path(s) where that role lives (several candidates are allowed,
+since transformers moves modules between versions; the first that exists wins) and where the sizes live
+in the config. Paths are dotted attribute paths from the HF model; integer segments index a
+``ModuleList`` (``-1`` is the last element).
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from torch import nn
+
+from savlens.errors import ModelSpecError
+
+PositionRule = Literal["mask_cumsum", "mrope"]
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """The sizes of a model's language part, read from its config."""
+
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_head: int
+    d_model: int
+    d_vocab: int
+
+    @property
+    def group_size(self) -> int:
+        """Query heads per KV head (1 without GQA)."""
+        return self.n_heads // self.n_kv_heads
+
+    def kv_head_of(self, head: int) -> int:
+        """Return the KV head that query head ``head`` reads (HF ``repeat_kv`` layout)."""
+        return head // self.group_size
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where each role lives in one model family, and how to read its sizes.
+
+    Attributes:
+        family: short family name (``"llama"``, ``"llava_onevision"``, ...).
+        classes: HF model class names this spec serves (matched on ``type(model).__name__``).
+        blocks: candidate paths of the ``ModuleList`` of decoder layers.
+        attn, q_proj, k_proj, v_proj, o_proj, mlp: paths relative to one decoder layer.
+        final_norm, unembed: candidate paths of the final norm and the unembedding.
+        vision_encoder: candidate paths of the vision tower's last block (empty for text LMs).
+        vision_projector: candidate paths of the projector into the LM's embedding space.
+        text_config: attribute of the config that holds the LM sizes (None: the config itself).
+        image_token_attr: config attribute(s) holding the image-token id.
+        positions: ``"mask_cumsum"`` (savlens passes ``position_ids = cumsum(mask) - 1``) or ``"mrope"``
+            (the model builds multimodal rotary positions itself from ``mm_token_type_ids``; savlens passes
+            mask-derived positions only for text-only batches).
+        vision_dims / projector_dims: the dim words of the vision hooks in this family.
+        image_item: the chat-message content item that stands for one image.
+        nested_images: the processor takes images as one list per image-bearing row (LLaVA-OV: a flat
+            list would treat the images of a multi-image row as separate single images).
+        matches: optional extra predicate ``model -> bool`` (for user specs of custom modules).
+    """
+
+    family: str
+    classes: tuple[str, ...]
+    blocks: tuple[str, ...]
+    final_norm: tuple[str, ...]
+    unembed: tuple[str, ...] = ("lm_head",)
+    attn: str = "self_attn"
+    q_proj: str = "self_attn.q_proj"
+    k_proj: str = "self_attn.k_proj"
+    v_proj: str = "self_attn.v_proj"
+    o_proj: str = "self_attn.o_proj"
+    mlp: str = "mlp"
+    vision_encoder: tuple[str, ...] = ()
+    vision_projector: tuple[str, ...] = ()
+    text_config: str | None = None
+    image_token_attr: tuple[str, ...] = ()
+    positions: PositionRule = "mask_cumsum"
+    vision_dims: tuple[str, ...] = ("vision_batch", "vision_pos", "d_vision")
+    projector_dims: tuple[str, ...] = ("vision_batch", "vision_pos", "d_model")
+    image_item: dict[str, Any] = field(default_factory=lambda: {"type": "image"})
+    nested_images: bool = False
+    matches: Callable[[nn.Module], bool] | None = None
+
+    @property
+    def multimodal(self) -> bool:
+        return bool(self.vision_projector)
+
+    # ---- config ----------------------------------------------------------------------------------
+    def lm_config(self, config: Any) -> Any:
+        """Return the (sub-)config that holds the language model's sizes."""
+        return getattr(config, self.text_config) if self.text_config else config
+
+    def sizes(self, config: Any) -> Sizes:
+        """Read the sizes from an HF config."""
+        c = self.lm_config(config)
+        try:
+            n_heads = int(c.num_attention_heads)
+            d_model = int(c.hidden_size)
+            d_head = getattr(c, "head_dim", None) or d_model // n_heads
+            n_kv = getattr(c, "num_key_value_heads", None) or n_heads
+            return Sizes(
+                n_layers=int(c.num_hidden_layers),
+                n_heads=n_heads,
+                n_kv_heads=int(n_kv),
+                d_head=int(d_head),
+                d_model=d_model,
+                d_vocab=int(c.vocab_size),
+            )
+        except AttributeError as e:
+            raise ModelSpecError(
+                f"spec {self.family!r}: the config ({type(c).__name__}) lacks a size field ({e}); "
+                "give text_config= the sub-config that holds num_hidden_layers / num_attention_heads."
+            ) from None
+
+    def image_token_id(self, config: Any) -> int | None:
+        for attr in self.image_token_attr:
+            v = getattr(config, attr, None)
+            if v is not None:
+                return int(v)
+        return None
+
+
+def get_path(root: nn.Module, path: str) -> Any:
+    """Follow a dotted path from ``root``; integer segments index sequences. Raises AttributeError."""
+    obj: Any = root
+    for seg in path.split("."):
+        if seg.lstrip("-").isdigit():
+            try:
+                obj = obj[int(seg)]
+            except (IndexError, TypeError, KeyError):
+                raise AttributeError(f"no item {seg} at {path!r}") from None
+        else:
+            obj = getattr(obj, seg)
+    return obj
+
+
+def first_path(root: nn.Module, candidates: tuple[str, ...], role: str, family: str) -> str:
+    """Return the first candidate path that exists under ``root``, or raise :class:`ModelSpecError`."""
+    for p in candidates:
+        try:
+            target = get_path(root, p)
+        except AttributeError:
+            continue
+        if "-" in p:  # canonicalise negative indices to the module's own name
+            return next(name for name, mod in root.named_modules() if mod is target)
+        return p
+    raise ModelSpecError(
+        f"spec {family!r}: no module for role {role!r} in {type(root).__name__}; tried {list(candidates)}. "
+        "The spec does not match this model: register a spec with the right paths (savlens.models.register)."
+    )
+
+
+@dataclass(frozen=True)
+class ResolvedSpec:
+    """A spec bound to one model: concrete paths, sizes and the image-token id."""
+
+    spec: ModelSpec
+    sizes: Sizes
+    blocks: str
+    final_norm: str
+    unembed: str
+    vision_encoder: str | None
+    vision_projector: str | None
+    image_token_id: int | None
+
+    @property
+    def family(self) -> str:
+        return self.spec.family
+
+    @property
+    def multimodal(self) -> bool:
+        return self.vision_projector is not None
+
+    def block_path(self, layer: int, role: str = "") -> str:
+        """Return the path of ``role`` (a spec attribute such as ``"o_proj"``, or "" for the block) in ``layer``."""
+        base = f"{self.blocks}.{layer}"
+        return f"{base}.{getattr(self.spec, role)}" if role else base
+
+
+def resolve_spec(spec: ModelSpec, model: nn.Module) -> ResolvedSpec:
+    """Bind ``spec`` to ``model`` and check that they agree (paths exist, sizes match the modules).
+
+    Raises:
+        ModelSpecError: a role's module is missing, or a size in the config disagrees with the weights.
+    """
+    config = getattr(model, "config", None)
+    if config is None:
+        raise ModelSpecError(f"spec {spec.family!r}: {type(model).__name__} has no .config to read sizes from.")
+    sizes = spec.sizes(config)
+    blocks = first_path(model, spec.blocks, "blocks", spec.family)
+    layers = get_path(model, blocks)
+    problems: list[str] = []
+    if len(layers) != sizes.n_layers:
+        problems.append(f"config says n_layers={sizes.n_layers} but {blocks} has {len(layers)} blocks")
+    if sizes.n_heads % sizes.n_kv_heads:
+        problems.append(f"n_heads={sizes.n_heads} is not a multiple of n_kv_heads={sizes.n_kv_heads}")
+    for layer in range(len(layers)):
+        for role in ("attn", "q_proj", "k_proj", "v_proj", "o_proj", "mlp"):
+            try:
+                get_path(layers[layer], getattr(spec, role))
+            except AttributeError:
+                raise ModelSpecError(
+                    f"spec {spec.family!r}: layer {layer} has no module {getattr(spec, role)!r} (role {role!r}); "
+                    "the spec does not match this model."
+                ) from None
+        want = {
+            "o_proj": (sizes.n_heads * sizes.d_head, sizes.d_model),
+            "q_proj": (sizes.d_model, sizes.n_heads * sizes.d_head),
+            "k_proj": (sizes.d_model, sizes.n_kv_heads * sizes.d_head),
+            "v_proj": (sizes.d_model, sizes.n_kv_heads * sizes.d_head),
+        }
+        for role, (fin, fout) in want.items():
+            mod = get_path(layers[layer], getattr(spec, role))
+            got = (getattr(mod, "in_features", None), getattr(mod, "out_features", None))
+            if got != (fin, fout):
+                problems.append(
+                    f"layer {layer} {role}: expected in/out features {fin}/{fout} from the config "
+                    f"(n_heads={sizes.n_heads}, n_kv_heads={sizes.n_kv_heads}, d_head={sizes.d_head}, "
+                    f"d_model={sizes.d_model}), got {got[0]}/{got[1]}"
+                )
+        if problems:
+            break
+    if problems:
+        raise ModelSpecError(
+            f"spec {spec.family!r} does not match {type(model).__name__}: " + "; ".join(problems) + "."
+        )
+    final_norm = first_path(model, spec.final_norm, "final_norm", spec.family)
+    unembed = first_path(model, spec.unembed, "unembed", spec.family)
+    venc = first_path(model, spec.vision_encoder, "vision_encoder", spec.family) if spec.vision_encoder else None
+    vproj = first_path(model, spec.vision_projector, "vision_projector", spec.family) if spec.vision_projector else None
+    image_token_id = spec.image_token_id(config)
+    if spec.multimodal and image_token_id is None:
+        raise ModelSpecError(
+            f"spec {spec.family!r}: the config has none of {list(spec.image_token_attr)} (the image-token id)."
+        )
+    return ResolvedSpec(spec, sizes, blocks, final_norm, unembed, venc, vproj, image_token_id)

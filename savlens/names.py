@@ -1,0 +1,281 @@
+"""The hook registry: one canonical name per tensor, its dims, glob matching and ``L{l}H{h}`` labels.
+
+Names follow TransformerLens (``blocks.{l}.attn.hook_z``); there are no aliases. Patterns use ``*``
+for one dotted segment (``blocks.*.attn.hook_z``: every layer's ``hook_z``) and ``**`` for any run of
+segments (``**.hook_z``). Layer ranges can be written ``blocks.{0-3}.attn.hook_z`` or
+``blocks.{0,5,9}.attn.hook_z``.
+"""
+
+import difflib
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from savlens.errors import HookNameError
+
+#: The dim words used in every annotation and einops pattern.
+DIM_GLOSSARY: dict[str, str] = {
+    "batch": "rows of one forward pass",
+    "example": "examples of a data set (dataset-level features)",
+    "pos": "sequence positions (after chat template and image-token expansion), or the positions selected",
+    "query_pos": "query positions of an attention pattern",
+    "key_pos": "key positions of an attention pattern",
+    "layer": "decoder layers of the language model",
+    "head_index": "query heads",
+    "kv_head_index": "key/value heads (fewer than query heads under GQA)",
+    "d_head": "width of one head",
+    "d_model": "width of the residual stream",
+    "d_vocab": "vocabulary size",
+    "class": "classes of a task",
+    "k": "selected heads, in rank order",
+    "fold": "cross-validation folds",
+    "task": "tasks of a transfer experiment",
+    "vision_pos": "positions (patches) inside the vision tower",
+    "d_vision": "width of the vision tower",
+    "vision_batch": "images or image tiles fed to the vision tower",
+    "image_token": "image tokens of all images, packed",
+}
+
+
+@dataclass(frozen=True)
+class HookPoint:
+    """One registered hook: its name template, dims and meaning.
+
+    Attributes:
+        template: the name, with ``{l}`` standing for the layer number in per-layer hooks.
+        dims: the dim words of the saved tensor (glossary words), before position slicing.
+        doc: what the tensor is, in one line.
+        eager_only: True for tensors that exist only under eager attention (``hook_pattern``).
+        derived: True for tensors savlens computes from others (``hook_result``).
+    """
+
+    template: str
+    dims: tuple[str, ...]
+    doc: str
+    eager_only: bool = False
+    derived: bool = False
+
+    @property
+    def per_layer(self) -> bool:
+        return "{l}" in self.template
+
+    @property
+    def leaf(self) -> str:
+        """The name with the layer part removed, e.g. ``attn.hook_z``."""
+        return self.template.removeprefix("blocks.{l}.")
+
+
+_BPD = ("batch", "pos", "d_model")
+HOOKS: tuple[HookPoint, ...] = (
+    HookPoint(
+        "vision_encoder.hook_out",
+        ("vision_batch", "vision_pos", "d_vision"),
+        "output of the last block of the vision tower (tower-specific layout, see the family spec)",
+    ),
+    HookPoint(
+        "vision_projector.hook_out",
+        ("vision_batch", "vision_pos", "d_model"),
+        "output of the projector that maps vision features to LM input embeddings",
+    ),
+    HookPoint("hook_embed", _BPD, "LM input embeddings, after image features are merged in"),
+    HookPoint("blocks.{l}.hook_resid_pre", _BPD, "residual stream into layer l"),
+    HookPoint(
+        "blocks.{l}.attn.hook_q",
+        ("batch", "pos", "head_index", "d_head"),
+        "query projection, per query head, before rotary embedding",
+    ),
+    HookPoint(
+        "blocks.{l}.attn.hook_k",
+        ("batch", "pos", "kv_head_index", "d_head"),
+        "key projection, per KV head, before rotary embedding",
+    ),
+    HookPoint("blocks.{l}.attn.hook_v", ("batch", "pos", "kv_head_index", "d_head"), "value projection, per KV head"),
+    HookPoint(
+        "blocks.{l}.attn.hook_z",
+        ("batch", "pos", "head_index", "d_head"),
+        "input of the attention output projection, split per query head: the SAV feature",
+    ),
+    HookPoint(
+        "blocks.{l}.attn.hook_result",
+        ("batch", "pos", "head_index", "d_model"),
+        "each head's contribution z_h @ W_O[h] to the attention output (no bias)",
+        derived=True,
+    ),
+    HookPoint("blocks.{l}.hook_attn_out", _BPD, "attention output (output of o_proj)"),
+    HookPoint(
+        "blocks.{l}.attn.hook_pattern",
+        ("batch", "head_index", "query_pos", "key_pos"),
+        "attention probabilities (eager attention only)",
+        eager_only=True,
+    ),
+    HookPoint("blocks.{l}.hook_mlp_out", _BPD, "MLP output"),
+    HookPoint("blocks.{l}.hook_resid_post", _BPD, "residual stream out of layer l"),
+)
+_BY_TEMPLATE = {h.template: h for h in HOOKS}
+#: Execution order of the hooks inside one layer (the order nnsight must read them in).
+ORDER = {h.template: i for i, h in enumerate(HOOKS)}
+
+_NAME_RE = re.compile(r"^blocks\.(\d+)\.(.+)$")
+
+
+def head_label(layer: int, head: int) -> str:
+    """Return the ``L{layer}H{head}`` label of a head.
+
+    >>> head_label(14, 3)
+    'L14H3'
+    """
+    return f"L{layer}H{head}"
+
+
+_LABEL_RE = re.compile(r"^\s*L(\d+)\s*H(\d+)\s*$")
+
+
+def parse_head_label(label: str) -> tuple[int, int]:
+    """Return ``(layer, head)`` from an ``L{layer}H{head}`` label.
+
+    >>> parse_head_label("L14H3")
+    (14, 3)
+    """
+    m = _LABEL_RE.match(label)
+    if not m:
+        raise HookNameError(f"{label!r} is not a head label; write heads as 'L{{layer}}H{{head}}', e.g. 'L14H3'.")
+    return int(m.group(1)), int(m.group(2))
+
+
+def hook_point(name: str) -> HookPoint:
+    """Return the :class:`HookPoint` of a concrete name (``blocks.3.attn.hook_z``)."""
+    m = _NAME_RE.match(name)
+    template = f"blocks.{{l}}.{m.group(2)}" if m else name
+    try:
+        return _BY_TEMPLATE[template]
+    except KeyError:
+        raise HookNameError(f"{name!r} is not a registered hook name.") from None
+
+
+def split_name(name: str) -> tuple[int | None, str]:
+    """Return ``(layer, template)`` of a concrete name; layer is None for non-layer hooks."""
+    m = _NAME_RE.match(name)
+    if m:
+        return int(m.group(1)), f"blocks.{{l}}.{m.group(2)}"
+    return None, name
+
+
+def all_names(n_layers: int, multimodal: bool = True) -> list[str]:
+    """Return every concrete hook name of a model with ``n_layers`` layers, in execution order."""
+    out: list[str] = []
+    for h in HOOKS:
+        if h.template.startswith("vision_") and not multimodal:
+            continue
+        if not h.per_layer:
+            out.append(h.template)
+    for layer in range(n_layers):
+        out.extend(h.template.format(l=layer) for h in HOOKS if h.per_layer)
+    return out
+
+
+def _expand_braces(pattern: str) -> str:
+    """Turn ``{0-3}`` / ``{1,4}`` layer sets into regex alternations."""
+
+    def repl(m: re.Match[str]) -> str:
+        items: list[str] = []
+        for part in m.group(1).split(","):
+            part = part.strip()
+            if re.fullmatch(r"\d+-\d+", part):
+                a, b = (int(x) for x in part.split("-"))
+                items.extend(str(i) for i in range(a, b + 1))
+            elif part.isdigit():
+                items.append(part)
+            else:
+                raise HookNameError(f"bad layer set {{{m.group(1)}}} in {pattern!r}; use {{0-3}} or {{0,5,9}}.")
+        return "\x00(?:" + "|".join(items) + ")\x00"
+
+    return re.sub(r"\{([^}]*)\}", repl, pattern)
+
+
+def _pattern_regex(pattern: str) -> re.Pattern[str]:
+    expanded = _expand_braces(pattern)
+    out = []
+    for piece in re.split(r"(\x00[^\x00]*\x00)", expanded):
+        if piece.startswith("\x00"):
+            out.append(piece.strip("\x00"))
+            continue
+        piece = re.escape(piece).replace(r"\*\*", "\x01").replace(r"\*", r"[^.]+").replace("\x01", ".+")
+        out.append(piece)
+    return re.compile("^" + "".join(out) + "$")
+
+
+def is_pattern(name: str) -> bool:
+    return "*" in name or "{" in name
+
+
+def match_saved(pattern: str, names: Sequence[str]) -> list[str]:
+    """Return the names in ``names`` that ``pattern`` matches, in the given order."""
+    rx = _pattern_regex(pattern)
+    return [n for n in names if rx.match(n)]
+
+
+def closest(name: str, candidates: Iterable[str], n: int = 3) -> list[str]:
+    """Return up to ``n`` candidates closest to ``name`` (for 'did you mean' hints)."""
+    return difflib.get_close_matches(name, list(candidates), n=n, cutoff=0.5)
+
+
+def resolve(patterns: str | Sequence[str], n_layers: int, multimodal: bool = True) -> list[str]:
+    """Expand names and glob patterns into concrete hook names, in execution order.
+
+    Raises :class:`~savlens.errors.HookNameError` for an unknown name (listing the closest valid
+    names), a layer out of range, or a pattern that matches nothing.
+
+    >>> resolve("blocks.*.attn.hook_z", n_layers=2)
+    ['blocks.0.attn.hook_z', 'blocks.1.attn.hook_z']
+    >>> resolve(["blocks.1.hook_resid_post", "hook_embed"], n_layers=2)
+    ['hook_embed', 'blocks.1.hook_resid_post']
+    """
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    valid = all_names(n_layers, multimodal)
+    chosen: set[str] = set()
+    for pat in patterns:
+        if not isinstance(pat, str) or not pat:
+            raise HookNameError(f"hook names must be non-empty strings; got {pat!r}.")
+        hits = match_saved(pat, valid)
+        if not hits:
+            raise HookNameError(_no_match_message(pat, n_layers, multimodal, valid))
+        chosen.update(hits)
+    return [n for n in valid if n in chosen]
+
+
+def _no_match_message(pat: str, n_layers: int, multimodal: bool, valid: list[str]) -> str:
+    m = _NAME_RE.match(pat)
+    if m and not is_pattern(pat):
+        layer, rest = int(m.group(1)), m.group(2)
+        template = f"blocks.{{l}}.{rest}"
+        if template in _BY_TEMPLATE and layer >= n_layers:
+            return (
+                f"layer {layer} in {pat!r} is out of range: this model has {n_layers} layers "
+                f"(blocks.0 .. blocks.{n_layers - 1})."
+            )
+    if pat.startswith("vision_") and not multimodal:
+        return f"{pat!r} needs a vision tower, and this model is a text-only language model."
+    # suggest on the template level (so a typo in any layer is caught), then concretise
+    layer_of = m.group(1) if m else None
+    templates = [h.template for h in HOOKS if multimodal or not h.template.startswith("vision_")]
+    generic = re.sub(r"^blocks\.(\d+|\*)\.", "blocks.{l}.", pat)
+    hints = closest(generic, templates)
+    if layer_of is not None:
+        hints = [h.replace("{l}", layer_of) for h in hints]
+    elif pat.startswith("blocks.*."):
+        hints = [h.replace("{l}", "*") for h in hints]
+    msg = f"no hook matches {pat!r}."
+    if hints:
+        msg += f" Closest valid names: {', '.join(hints)}."
+    msg += " See savlens.names.HOOKS (docs: hook names) for the full list."
+    return msg
+
+
+def hooks_markdown() -> str:
+    """Return the registry as a markdown table (the docs page is generated from this)."""
+    rows = ["| name | dims | what it is |", "|---|---|---|"]
+    for h in HOOKS:
+        extra = " (eager attention only)" if h.eager_only else (" (derived)" if h.derived else "")
+        rows.append(f"| `{h.template}` | `{' '.join(h.dims)}` | {h.doc}{extra} |")
+    return "\n".join(rows)

@@ -1,0 +1,465 @@
+"""`savlens.trace`: read (and later edit) activations by hook name, over nnsight.
+
+Inside ``with savlens.trace(model, batch) as t:`` you declare what to save (``t.save``); the model runs once
+when the block ends, and the handles hold their values after the block. Saves are read in execution order
+whatever order you declare them in, positions are sliced inside the hook (no full-sequence tensor is kept
+unless asked for), and ``t.cache`` holds every saved tensor with its dims.
+"""
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from einops import einsum, rearrange
+from jaxtyping import Float
+from torch import Tensor
+
+from savlens.cache import ActivationCache, CacheEntry
+from savlens.errors import HookNotAvailableError, PositionError, SavlensError
+from savlens.inputs import Batch
+from savlens.load import Model
+from savlens.names import hook_point, resolve, split_name
+from savlens.positions import Positions, Selection, select_positions, take_positions
+
+LogitsMode = Literal["last", "all"] | None
+
+
+@dataclass
+class _Request:
+    names: list[str]
+    positions: Positions | None
+    device: torch.device | str | None
+    dtype: torch.dtype | None
+
+
+@dataclass
+class Handle:
+    """What :meth:`Trace.save` returns: empty inside the block, filled when it ends.
+
+    ``handle.value`` is the tensor of a single name, or for a pattern that matches one hook per layer,
+    the tensors stacked on a ``layer`` axis after ``batch pos`` (``batch pos layer ...``).
+    ``handle[name]`` gives one name's tensor; ``handle.dims`` the dim words of ``value``.
+    """
+
+    names: list[str]
+    _cache: ActivationCache | None = field(default=None, repr=False)  # this save's own entries
+
+    def _filled(self) -> ActivationCache:
+        if self._cache is None:
+            raise SavlensError(
+                f"the value of {self.names[0]!r}{' ...' if len(self.names) > 1 else ''} is not available yet: "
+                "saved values are filled when the `with savlens.trace(...)` block ends."
+            )
+        return self._cache
+
+    @property
+    def value(self) -> Tensor:
+        cache = self._filled()
+        if len(self.names) == 1:
+            return cache[self.names[0]]
+        return torch.stack([cache[n] for n in self.names], dim=_layer_axis(cache.dims(self.names[0])))
+
+    @property
+    def dims(self) -> tuple[str, ...]:
+        d = self._filled().dims(self.names[0])
+        if len(self.names) == 1:
+            return d
+        ax = _layer_axis(d)
+        return (*d[:ax], "layer", *d[ax:])
+
+    def __getitem__(self, name: str) -> Tensor:
+        return self._filled()[name]
+
+    def __repr__(self) -> str:
+        if self._cache is None:
+            return f"Handle({len(self.names)} names, not filled yet)"
+        sizes = " ".join(f"{d}={s}" for d, s in zip(self.dims, self.value.shape))
+        return f"Handle({self.names[0]}{' ...' if len(self.names) > 1 else ''} [{sizes}])"
+
+
+def _layer_axis(dims: tuple[str, ...]) -> int:
+    return 2 if dims[:2] == ("batch", "pos") else 1
+
+
+class Trace:
+    """One forward pass of ``model`` on ``batch`` with saves declared by name (see :func:`trace`)."""
+
+    def __init__(
+        self, model: Model, batch: Batch, *, logits: LogitsMode = "last", stop_at_layer: int | None = None
+    ) -> None:
+        if not isinstance(model, Model):
+            raise SavlensError(
+                f"savlens.trace needs a savlens.Model (savlens.load / savlens.wrap); got {type(model).__name__}."
+            )
+        if not isinstance(batch, Batch):
+            raise SavlensError(
+                f"savlens.trace needs a savlens.Batch (savlens.Batch.from_examples); got {type(batch).__name__}."
+            )
+        batch.check_model(model)
+        if logits not in ("last", "all", None):
+            raise SavlensError(f"logits must be 'last', 'all' or None; got {logits!r}.")
+        if stop_at_layer is not None and not 0 <= stop_at_layer < model.n_layers:
+            raise SavlensError(f"stop_at_layer={stop_at_layer} is out of range for {model.n_layers} layers.")
+        if stop_at_layer is not None and logits is not None:
+            raise SavlensError("stop_at_layer stops the forward pass before the logits: pass logits=None with it.")
+        self.model, self.batch = model, batch
+        self._logits_mode: LogitsMode = logits
+        self._stop_at_layer = stop_at_layer
+        self._requests: list[_Request] = []
+        self._handles: list[Handle] = []
+        self._cache: ActivationCache | None = None
+        self._logits: Tensor | None = None
+        self._ran = False
+
+    # ---- declaring -------------------------------------------------------------------------------
+    def save(
+        self,
+        names: str | Sequence[str],
+        positions: Positions | None = None,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> Handle:
+        """Declare hooks to save; return a :class:`Handle` that holds the values after the block.
+
+        Args:
+            names: canonical hook names or glob patterns (``"blocks.*.attn.hook_z"``).
+            positions: ``"last"`` (default for language-model hooks: each row's last real token),
+                ``"image"`` / ``"text"`` (ragged: padded on ``pos``, with a mask in ``t.cache.entry``),
+                ``"all"``, or indices within each example's own tokens (negative counts from the end).
+                Vision-tower hooks are always saved whole.
+            device: move saved values here inside the hook (e.g. ``"cpu"`` to offload).
+            dtype: cast saved values to this dtype inside the hook.
+
+        Raises:
+            HookNameError: a name or pattern that matches no hook of this model.
+            HookNotAvailableError: ``hook_pattern`` without eager attention.
+        """
+        if self._ran:
+            raise SavlensError("this trace already ran; open a new `with savlens.trace(...)` block to save more.")
+        concrete = resolve(names, self.model.n_layers, self.model.multimodal)
+        for n in concrete:
+            if hook_point(n).eager_only and self.model.attn_implementation != "eager":
+                raise HookNotAvailableError(
+                    f"{n!r} needs eager attention, but {self.model.model_id!r} runs with "
+                    f"{self.model.attn_implementation!r}. Load it with attn_implementation='eager' (or call "
+                    "model.hf.set_attn_implementation('eager')) for attention patterns."
+                )
+            if n.startswith("vision_") and positions not in (None, "all"):
+                raise PositionError(
+                    f"{n!r} is a vision-tower hook and is saved whole; it takes no positions "
+                    f"(got positions={positions!r}). Save it in a separate t.save call."
+                )
+            layer, _ = split_name(n)
+            if self._stop_at_layer is not None and layer is not None and layer > self._stop_at_layer:
+                raise SavlensError(f"{n!r} is past stop_at_layer={self._stop_at_layer}; it would never run.")
+        if positions is not None and positions != "all":
+            select_positions(self.batch, positions)  # validate now, inside the user's block
+        self._requests.append(_Request(concrete, positions, device, dtype))
+        handle = Handle(concrete)
+        self._handles.append(handle)
+        return handle
+
+    # ---- results ---------------------------------------------------------------------------------
+    @property
+    def cache(self) -> ActivationCache:
+        """Every saved tensor, keyed by hook name (available after the block).
+
+        A name saved twice (e.g. at two different positions) holds the value of the later ``t.save`` here;
+        each :class:`Handle` keeps its own."""
+        if self._cache is None:
+            raise SavlensError("t.cache is filled when the `with savlens.trace(...)` block ends.")
+        return self._cache
+
+    @property
+    def logits(self) -> Float[Tensor, "batch pos d_vocab"]:
+        """The logits (``pos`` = 1 for ``logits="last"``), available after the block."""
+        if not self._ran:
+            raise SavlensError("t.logits is available when the `with savlens.trace(...)` block ends.")
+        if self._logits is None:
+            raise SavlensError("this trace ran with logits=None (or stop_at_layer); no logits were kept.")
+        return self._logits
+
+    def __enter__(self) -> "Trace":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.run()
+
+    def run(self) -> "Trace":
+        """Run the forward pass now (called by the ``with`` block's end)."""
+        if self._ran:
+            return self
+        per_request, self._logits = _execute(
+            self.model, self.batch, self._requests, self._logits_mode, self._stop_at_layer
+        )
+        self._cache = ActivationCache()
+        for h, entries in zip(self._handles, per_request):
+            h._cache = ActivationCache(entries)
+            for name, entry in entries.items():
+                self._cache._set(name, entry)
+        self._ran = True
+        return self
+
+
+def trace(model: Model, batch: Batch, *, logits: LogitsMode = "last", stop_at_layer: int | None = None) -> Trace:
+    """Open a trace of one forward pass of ``model`` on ``batch``.
+
+    Example::
+
+        with savlens.trace(model, batch) as t:
+            z = t.save("blocks.*.attn.hook_z")          # batch pos=1 layer head_index d_head, at the last token
+        z.value, t.logits, t.cache
+
+    Args:
+        model: a :class:`savlens.Model`.
+        batch: a :class:`savlens.Batch` built for this model.
+        logits: ``"last"`` (each row's last real token, default), ``"all"`` or None (not kept).
+        stop_at_layer: stop the forward pass after this layer (no logits); saves must not go past it.
+    """
+    return Trace(model, batch, logits=logits, stop_at_layer=stop_at_layer)
+
+
+def run_with_cache(
+    model: Model,
+    batch: Batch,
+    names: str | Sequence[str] = "blocks.*.attn.hook_z",
+    positions: Positions | None = None,
+    *,
+    logits: LogitsMode = "last",
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> tuple[Tensor | None, ActivationCache]:
+    """Run ``model`` on ``batch`` once and return ``(logits, cache)`` (TransformerLens style)."""
+    with trace(model, batch, logits=logits) as t:
+        t.save(names, positions, device=device, dtype=dtype)
+    return (t.logits if logits is not None else None), t.cache
+
+
+# ---- execution ----------------------------------------------------------------------------------
+
+#: where each hook is read: (module role, "input" | "output", index into a tuple output or None)
+_ACCESS: dict[str, tuple[str, str]] = {
+    "vision_encoder.hook_out": ("vision_encoder", "output"),
+    "vision_projector.hook_out": ("vision_projector", "output"),
+    "hook_embed": ("block", "input"),
+    "blocks.{l}.hook_resid_pre": ("block", "input"),
+    "blocks.{l}.attn.hook_q": ("q_proj", "output"),
+    "blocks.{l}.attn.hook_k": ("k_proj", "output"),
+    "blocks.{l}.attn.hook_v": ("v_proj", "output"),
+    "blocks.{l}.attn.hook_z": ("o_proj", "input"),
+    "blocks.{l}.attn.hook_result": ("o_proj", "input"),
+    "blocks.{l}.hook_attn_out": ("o_proj", "output"),
+    "blocks.{l}.attn.hook_pattern": ("attn", "output"),
+    "blocks.{l}.hook_mlp_out": ("mlp", "output"),
+    "blocks.{l}.hook_resid_post": ("block", "output"),
+}
+#: execution order of module accesses inside one layer
+_STEP = {
+    ("block", "input"): 0,
+    ("q_proj", "output"): 1,
+    ("k_proj", "output"): 2,
+    ("v_proj", "output"): 3,
+    ("o_proj", "input"): 4,
+    ("o_proj", "output"): 5,
+    ("attn", "output"): 6,
+    ("mlp", "output"): 7,
+    ("block", "output"): 8,
+}
+
+
+@dataclass
+class _Read:
+    """One module access and the saves it serves."""
+
+    path: str
+    kind: str
+    order: tuple[int, int, int]
+    saves: list[tuple[str, _Request]] = field(default_factory=list)
+
+
+def _plan(model: Model, requests: list[_Request]) -> list[_Read]:
+    rs = model.resolved
+    reads: dict[tuple[str, str], _Read] = {}
+    for req in requests:
+        for name in req.names:
+            layer, template = split_name(name)
+            role, kind = _ACCESS[template]
+            if role == "vision_encoder":
+                path, order = str(rs.vision_encoder), (0, 0, 0)
+            elif role == "vision_projector":
+                path, order = str(rs.vision_projector), (1, 0, 0)
+            else:
+                layer = 0 if layer is None else layer
+                path = rs.block_path(layer, "" if role == "block" else role)
+                order = (2, layer, _STEP[(role, kind)])
+            read = reads.setdefault((path, kind), _Read(path, kind, order))
+            read.saves.append((name, req))
+    return sorted(reads.values(), key=lambda r: r.order)
+
+
+def _envoy_at(env: Any, path: str) -> Any:
+    obj = env
+    for seg in path.split("."):
+        obj = obj[int(seg)] if seg.isdigit() else getattr(obj, seg)
+    return obj
+
+
+def _first(x: Any) -> Tensor:
+    if isinstance(x, Tensor):
+        return x
+    if isinstance(x, (tuple, list)):
+        return x[0]
+    if hasattr(x, "last_hidden_state"):
+        return x.last_hidden_state
+    raise SavlensError(f"cannot read a tensor from a module output of type {type(x).__name__}.")
+
+
+def _execute(
+    model: Model, batch: Batch, requests: list[_Request], logits_mode: LogitsMode, stop_at_layer: int | None
+) -> tuple[list[dict[str, CacheEntry]], Tensor | None]:
+    plan = _plan(model, requests)
+    selections: dict[Any, Selection] = {}
+    for req in requests:
+        key = _pos_key(req.positions)
+        if key not in selections:
+            selections[key] = select_positions(batch, req.positions or "last")
+    inputs = _model_inputs(model, batch, logits_mode)
+    raw: list[dict[str, Tensor]] = [{} for _ in requests]
+    req_index = {id(r): i for i, r in enumerate(requests)}
+    logits_box: list[Tensor] = []
+    env = model.envoy
+    last = batch.last_index.to(model.device)
+
+    with torch.no_grad(), env.trace(**inputs) as tracer:
+        for read in plan:
+            module = _envoy_at(env, read.path)
+            value = module.input if read.kind == "input" else module.output
+            for name, req in read.saves:
+                _, template = split_name(name)
+                if template == "blocks.{l}.attn.hook_pattern":
+                    x = value[1]
+                elif read.kind == "output" or template in ("hook_embed", "blocks.{l}.hook_resid_pre"):
+                    x = _first(value)
+                else:
+                    x = value
+                if not name.startswith("vision_") and req.positions != "all":
+                    sel = selections[_pos_key(req.positions)]
+                    pos_dim = 2 if template == "blocks.{l}.attn.hook_pattern" else 1
+                    x = take_positions(x, sel, dim=pos_dim)
+                if req.device is not None or req.dtype is not None:
+                    x = x.to(device=req.device, dtype=req.dtype)
+                raw[req_index[id(req)]][name] = x.save()
+        if stop_at_layer is not None:
+            tracer.stop()
+        elif logits_mode is not None:
+            lg = env.output.logits
+            if logits_mode == "last" and lg.shape[1] != 1:
+                lg = lg[torch.arange(lg.shape[0], device=lg.device), last][:, None]
+            logits_box.append(lg.save())
+
+    out: list[dict[str, CacheEntry]] = []
+    for req, values in zip(requests, raw):
+        entries = {}
+        for name in req.names:  # keep the declared (execution) order
+            entry = _entry(model, name, values[name], req, selections)
+            if split_name(name)[1] == "blocks.{l}.attn.hook_result":
+                entry = _result_entry(model, name, entry)
+            entries[name] = entry
+        out.append(entries)
+    return out, (logits_box[0] if logits_box else None)
+
+
+def _pos_key(positions: Positions | None) -> Any:
+    if isinstance(positions, (list, tuple, range)):
+        return ("idx", tuple(int(p) for p in positions))
+    if isinstance(positions, Tensor):
+        return ("idx", tuple(int(p) for p in positions.flatten().tolist()))
+    return positions
+
+
+def _entry(model: Model, name: str, x: Tensor, req: _Request, selections: dict[Any, Selection]) -> CacheEntry:
+    sizes = model.sizes
+    _, template = split_name(name)
+    point = hook_point(name)
+    spec = model.resolved.spec
+    if template == "vision_encoder.hook_out":
+        return CacheEntry(
+            x,
+            spec.vision_dims[-x.ndim :] if x.ndim <= len(spec.vision_dims) else tuple(f"dim{i}" for i in range(x.ndim)),
+            "all",
+        )
+    if template == "vision_projector.hook_out":
+        return CacheEntry(
+            x,
+            spec.projector_dims[-x.ndim :]
+            if x.ndim <= len(spec.projector_dims)
+            else tuple(f"dim{i}" for i in range(x.ndim)),
+            "all",
+        )
+    if template in ("blocks.{l}.attn.hook_z", "blocks.{l}.attn.hook_result", "blocks.{l}.attn.hook_q"):
+        x = rearrange(x, "batch pos (head_index d_head) -> batch pos head_index d_head", head_index=sizes.n_heads)
+    elif template in ("blocks.{l}.attn.hook_k", "blocks.{l}.attn.hook_v"):
+        x = rearrange(
+            x,
+            "batch pos (kv_head_index d_head) -> batch pos kv_head_index d_head",
+            kv_head_index=sizes.n_kv_heads,
+        )
+    sel = selections.get(_pos_key(req.positions)) if req.positions != "all" else None
+    dims = point.dims
+    if template == "blocks.{l}.attn.hook_result":
+        dims = ("batch", "pos", "head_index", "d_head")  # replaced by _result_entry
+    return CacheEntry(
+        x,
+        dims,
+        req.positions if req.positions is not None else "last",
+        mask=sel.mask if sel is not None and sel.ragged else None,
+        index=sel.index if sel is not None else None,
+    )
+
+
+def _result_entry(model: Model, name: str, z_entry: CacheEntry) -> CacheEntry:
+    """Derive ``hook_result`` (per-head contribution to the attention output) from the saved z slice."""
+    layer, _ = split_name(name)
+    o_proj = model.module(model.resolved.block_path(int(layer or 0), "o_proj"))
+    weight: Tensor = o_proj.weight  # type: ignore[assignment]
+    w: Tensor = rearrange(weight, "d_model (head_index d_head) -> head_index d_head d_model", head_index=model.n_heads)
+    z = z_entry.value
+    result: Tensor = einsum(
+        z.to(w.dtype).to(w.device),
+        w,
+        "batch pos head_index d_head, head_index d_head d_model -> batch pos head_index d_model",
+    )
+    result = result.to(device=z.device, dtype=z.dtype)
+    return CacheEntry(result, ("batch", "pos", "head_index", "d_model"), z_entry.positions, z_entry.mask, z_entry.index)
+
+
+def _model_inputs(model: Model, batch: Batch, logits_mode: LogitsMode) -> dict[str, Any]:
+    device, dtype = model.device, model.dtype
+    out: dict[str, Any] = {}
+    for k, v in batch.inputs.items():
+        if isinstance(v, Tensor):
+            v = v.to(device)
+            if v.is_floating_point():
+                v = v.to(dtype)
+        out[k] = v
+    params = _forward_params(model)
+    if "use_cache" in params:
+        out["use_cache"] = False
+    if logits_mode != "all" and batch.padding_side == "left" and "logits_to_keep" in params:
+        out["logits_to_keep"] = 1
+    return out
+
+
+def _forward_params(model: Model) -> set[str]:
+    cached = getattr(model, "_forward_params", None)
+    if cached is None:
+        cached = set(inspect.signature(model.hf.forward).parameters)
+        model._forward_params = cached  # type: ignore[attr-defined]
+    return cached
+
+
+__all__ = ["Handle", "Trace", "run_with_cache", "trace"]

@@ -1,0 +1,45 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import functools  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+import savlens  # noqa: E402
+from savlens.models.tiny import FAMILIES, build_tiny, sample_images  # noqa: E402
+
+VLM_FAMILIES = ("llava_onevision", "qwen2_vl", "qwen2_5_vl")
+
+
+@functools.cache
+def tiny(family: str, attn: str = "sdpa", dtype: torch.dtype = torch.float32, seed: int = 0) -> savlens.Model:
+    """A wrapped tiny model, built once per (family, attn, dtype, seed) per session."""
+    tm = build_tiny(family, seed=seed, attn_implementation=attn, dtype=dtype)
+    return savlens.wrap(tm.model, tm.processor, model_id=f"tiny-{family}")
+
+
+def mixed_examples(model: savlens.Model) -> list[savlens.Example]:
+    """Three examples of different lengths; for VLMs two image sizes and one text-only row."""
+    imgs = sample_images(2, seed=1, sizes=((64, 64), (48, 100)))
+    texts = [
+        "what color is the circle ?",
+        "is there a red shape in the picture and what else is there ?",
+        "hello",
+    ]
+    if model.multimodal:
+        return [
+            savlens.Example(texts[0], images=[imgs[0]], id="a"),
+            savlens.Example(texts[1], images=[imgs[1]], id="b"),
+            savlens.Example(texts[2], id="c"),
+        ]
+    return [savlens.Example(t, id=i) for t, i in zip(texts, "abc")]
+
+
+@pytest.fixture(params=FAMILIES)
+def family(request: pytest.FixtureRequest) -> str:
+    return request.param

@@ -1,0 +1,115 @@
+"""Bad input to the activation API: each a SavlensError subclass whose message names the problem."""
+
+import pytest
+from conftest import mixed_examples, tiny
+
+import savlens
+from savlens.errors import (
+    BatchMismatchError,
+    HookNameError,
+    HookNotAvailableError,
+    InputError,
+    PositionError,
+    SavlensError,
+)
+from savlens.models.tiny import build_tiny, sample_images
+
+
+def _batch(model: savlens.Model) -> savlens.Batch:
+    return savlens.Batch.from_examples(model, mixed_examples(model))
+
+
+def test_unknown_hook_name_lists_closest() -> None:
+    model = tiny("qwen2_vl")
+    with (
+        pytest.raises(HookNameError, match=r"no hook matches 'blocks.1.attn.hook_zed'.*blocks\.1\.attn\.hook_z"),
+        savlens.trace(model, _batch(model)) as t,
+    ):
+        t.save("blocks.1.attn.hook_zed")
+
+
+def test_layer_out_of_range() -> None:
+    model = tiny("llama")
+    with (
+        pytest.raises(HookNameError, match="layer 3 .* this model has 3 layers"),
+        savlens.trace(model, _batch(model)) as t,
+    ):
+        t.save("blocks.3.attn.hook_z")
+
+
+def test_positions_that_do_not_exist() -> None:
+    model = tiny("llama")
+    batch = _batch(model)
+    short = int(batch.lengths.min())
+    with (
+        pytest.raises(PositionError, match=rf"do not exist in row 2 \(example 'c'\), which has {short} real tokens"),
+        savlens.trace(model, batch) as t,
+    ):
+        t.save("blocks.0.attn.hook_z", positions=[short])
+    with (
+        pytest.raises(PositionError, match="no row of this batch has image tokens"),
+        savlens.trace(model, batch) as t,
+    ):
+        t.save("blocks.0.attn.hook_z", positions="image")
+    with pytest.raises(PositionError, match="unknown positions 'first'"), savlens.trace(model, batch) as t:
+        t.save("blocks.0.attn.hook_z", positions="first")  # type: ignore[arg-type]
+
+
+def test_image_given_to_text_only_model() -> None:
+    model = tiny("mistral")
+    ex = savlens.Example("what is this ?", images=sample_images(1))
+    with pytest.raises(InputError, match=r"has 1 image\(s\) but decoder_lm model 'tiny-mistral' is a text-only"):
+        savlens.Batch.from_examples(model, [ex])
+
+
+def test_batch_built_for_another_model() -> None:
+    a, b = tiny("llava_onevision"), tiny("qwen2_vl")
+    with pytest.raises(BatchMismatchError, match="built for another model"):
+        savlens.trace(a, _batch(b))
+
+
+def test_pattern_needs_eager_attention() -> None:
+    model = tiny("qwen2_5_vl")
+    with (
+        pytest.raises(HookNotAvailableError, match="needs eager attention.*attn_implementation='eager'"),
+        savlens.trace(model, _batch(model)) as t,
+    ):
+        t.save("blocks.0.attn.hook_pattern")
+
+
+def test_processor_that_does_not_match_the_model() -> None:
+    llava = build_tiny("llava_onevision")
+    qwen = build_tiny("qwen2_vl")
+    with pytest.raises(InputError, match="processor does not match"):
+        savlens.wrap(llava.model, qwen.processor)
+    with pytest.raises(InputError, match="pass its processor"):
+        savlens.wrap(llava.model, llava.tokenizer)
+
+
+def test_values_are_not_readable_inside_the_block() -> None:
+    model = tiny("llama")
+    with savlens.trace(model, _batch(model)) as t:
+        z = t.save("blocks.0.attn.hook_z")
+        with pytest.raises(SavlensError, match="filled when the `with savlens.trace"):
+            _ = z.value
+    assert z.value.shape[0] == 3
+
+
+def test_bad_examples() -> None:
+    model = tiny("llama")
+    with pytest.raises(InputError, match="no examples"):
+        savlens.Batch.from_examples(model, [])
+    with pytest.raises(InputError, match="duplicate example ids"):
+        savlens.Batch.from_examples(model, [savlens.Example("a", id="x"), savlens.Example("b", id="x")])
+    with pytest.raises(InputError, match="is empty"):
+        savlens.Batch.from_examples(model, [savlens.Example("  ")])
+    with pytest.raises(InputError, match="prompt_template"):
+        savlens.Batch.from_examples(model, ["hi"], prompt_template="{question}")
+    with pytest.raises(InputError, match="no file at"):
+        savlens.Batch.from_examples(tiny("qwen2_vl"), [savlens.Example("hi", images=["/nonexistent.png"])])
+
+
+def test_text_longer_than_context() -> None:
+    model = tiny("llama")
+    with pytest.raises(InputError, match="more than the model's context of 512"):
+        savlens.Batch.from_examples(model, ["hello " * 600])

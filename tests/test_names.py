@@ -1,0 +1,65 @@
+"""The hook registry: glob matching, layer sets, labels, suggestions."""
+
+import pytest
+
+from savlens.errors import HookNameError
+from savlens.names import HOOKS, all_names, head_label, hooks_markdown, match_saved, parse_head_label, resolve
+
+
+def test_star_matches_one_segment_only() -> None:
+    names = all_names(3)
+    assert resolve("blocks.*.attn.hook_z", 3) == [f"blocks.{i}.attn.hook_z" for i in range(3)]
+    # '*' never crosses a dot: this pattern names no registered hook
+    with pytest.raises(HookNameError):
+        resolve("blocks.*.hook_z", 3)
+    assert match_saved("**.hook_z", names) == [f"blocks.{i}.attn.hook_z" for i in range(3)]
+
+
+def test_layer_sets_and_execution_order() -> None:
+    assert resolve("blocks.{0,2}.hook_resid_post", 3) == [
+        "blocks.0.hook_resid_post",
+        "blocks.2.hook_resid_post",
+    ]
+    assert resolve("blocks.{1-2}.attn.hook_q", 4) == ["blocks.1.attn.hook_q", "blocks.2.attn.hook_q"]
+    got = resolve(["blocks.1.hook_resid_post", "blocks.1.attn.hook_z", "hook_embed", "blocks.0.hook_mlp_out"], 2)
+    assert got == ["hook_embed", "blocks.0.hook_mlp_out", "blocks.1.attn.hook_z", "blocks.1.hook_resid_post"]
+
+
+def test_every_per_layer_hook_exists_once_per_layer() -> None:
+    names = all_names(5, multimodal=True)
+    assert len(names) == len(set(names))
+    per_layer = [h for h in HOOKS if h.per_layer]
+    assert len(names) == 5 * len(per_layer) + (len(HOOKS) - len(per_layer))
+    assert "vision_projector.hook_out" not in all_names(5, multimodal=False)
+
+
+def test_typo_lists_closest_valid_names() -> None:
+    with pytest.raises(HookNameError, match=r"Closest valid names: blocks\.3\.attn\.hook_z"):
+        resolve("blocks.3.attn.hook_zz", 4)
+    with pytest.raises(HookNameError, match=r"blocks\.\*\.attn\.hook_result"):
+        resolve("blocks.*.attn.hook_results", 4)
+
+
+def test_layer_out_of_range_says_how_many_layers() -> None:
+    with pytest.raises(
+        HookNameError, match=r"layer 7 .* out of range: this model has 4 layers \(blocks.0 .. blocks.3\)"
+    ):
+        resolve("blocks.7.attn.hook_z", 4)
+
+
+def test_vision_hook_on_text_model_is_explained() -> None:
+    with pytest.raises(HookNameError, match="text-only"):
+        resolve("vision_projector.hook_out", 2, multimodal=False)
+
+
+def test_head_labels_round_trip() -> None:
+    assert head_label(14, 3) == "L14H3"
+    assert parse_head_label(" L14H3 ") == (14, 3)
+    with pytest.raises(HookNameError, match="not a head label"):
+        parse_head_label("14.3")
+
+
+def test_markdown_table_lists_every_hook() -> None:
+    md = hooks_markdown()
+    for h in HOOKS:
+        assert f"`{h.template}`" in md
