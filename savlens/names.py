@@ -105,7 +105,7 @@ HOOKS: tuple[HookPoint, ...] = (
     HookPoint(
         "blocks.{l}.attn.hook_pattern",
         ("batch", "head_index", "query_pos", "key_pos"),
-        "attention probabilities (eager attention only)",
+        "attention probabilities",
         eager_only=True,
     ),
     HookPoint("blocks.{l}.hook_mlp_out", _BPD, "MLP output"),
@@ -279,3 +279,7 @@ def hooks_markdown() -> str:
         extra = " (eager attention only)" if h.eager_only else (" (derived)" if h.derived else "")
         rows.append(f"| `{h.template}` | `{' '.join(h.dims)}` | {h.doc}{extra} |")
     return "\n".join(rows)
+
+
+if __name__ == "__main__":  # regenerate the table of docs/hooks.md
+    print(hooks_markdown())

@@ -1,0 +1,23 @@
+"""Docs that are generated or promised: the hook table is current, every error class has a page."""
+
+from pathlib import Path
+
+import savlens.errors as E
+from savlens.names import hooks_markdown
+
+DOCS = Path(__file__).parent.parent / "docs"
+
+
+def test_hook_table_is_generated_from_the_registry() -> None:
+    assert hooks_markdown() in (DOCS / "hooks.md").read_text()
+
+
+def test_every_error_class_has_a_page_linked_from_its_message() -> None:
+    index = (DOCS / "errors" / "index.md").read_text()
+    for name in E.__all__:
+        cls = getattr(E, name)
+        page = DOCS / "errors" / f"{cls.page}.md"
+        assert page.is_file(), page
+        assert page.read_text().startswith(f"# {name}")
+        assert f"({cls.page}.md)" in index
+        assert f"/errors/{cls.page}/" in str(cls("x"))
