@@ -3,9 +3,13 @@
 from savlens.cache import ActivationCache, CacheEntry, HeadFeatures
 from savlens.errors import SavlensError
 from savlens.example import Example
+from savlens.extraction import extract
+from savlens.heads import Head, HeadScores, HeadSet
 from savlens.inputs import Batch
-from savlens.load import Model, load, wrap
-from savlens.trace import Handle, Trace, run_with_cache, trace
+from savlens.loading import Model, load, wrap
+from savlens.sav import SAV
+from savlens.store import open_store
+from savlens.tracing import Handle, Trace, run_with_cache, trace
 
 __version__ = "0.1.0"
 
@@ -15,12 +19,18 @@ __all__ = [
     "CacheEntry",
     "Example",
     "Handle",
+    "Head",
     "HeadFeatures",
+    "HeadScores",
+    "HeadSet",
     "Model",
+    "SAV",
     "SavlensError",
     "Trace",
     "__version__",
+    "extract",
     "load",
+    "open_store",
     "run_with_cache",
     "trace",
     "wrap",

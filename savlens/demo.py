@@ -18,8 +18,8 @@ import torch
 
 from savlens.example import Example
 from savlens.inputs import Batch
-from savlens.load import Model, wrap
-from savlens.trace import trace
+from savlens.loading import Model, wrap
+from savlens.tracing import trace
 
 
 def _examples(model: Model) -> list[Example]:

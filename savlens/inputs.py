@@ -16,7 +16,7 @@ from savlens.errors import BatchMismatchError, InputError
 from savlens.example import Example
 
 if TYPE_CHECKING:
-    from savlens.load import Model
+    from savlens.loading import Model
 
 PaddingSide = Literal["left", "right"]
 
@@ -194,6 +194,7 @@ def _apply_template(template: str | None, example: Example, example_id: str) -> 
 def last_real_index(mask: Int[Tensor, "batch pos"]) -> Int[Tensor, " batch"]:
     """Return the sequence index of each row's last non-pad token (left or right padding).
 
+    >>> import torch
     >>> last_real_index(torch.tensor([[0, 1, 1], [1, 1, 0]])).tolist()
     [2, 1]
     """
@@ -204,6 +205,7 @@ def last_real_index(mask: Int[Tensor, "batch pos"]) -> Int[Tensor, " batch"]:
 def mask_positions(mask: Int[Tensor, "batch pos"]) -> Int[Tensor, "batch pos"]:
     """Return padding-aware position ids: ``cumsum(mask) - 1``, 0 at pad slots.
 
+    >>> import torch
     >>> mask_positions(torch.tensor([[0, 1, 1], [1, 1, 0]])).tolist()
     [[0, 0, 1], [0, 1, 0]]
     """

@@ -6,7 +6,7 @@ token under left or right padding: ``0`` is a row's first real token, ``-1`` its
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Bool, Int
@@ -17,7 +17,9 @@ from savlens.errors import PositionError
 if TYPE_CHECKING:
     from savlens.inputs import Batch
 
-Positions = Literal["last", "image", "text", "all"] | int | Sequence[int] | Tensor
+#: "last" | "image" | "text" | "all", an index, or indices (a plain str in the type, so a wrong word gets a
+#: PositionError naming the valid ones rather than a type-checker error)
+Positions = str | int | Sequence[int] | Tensor
 _NAMED = ("last", "image", "text", "all")
 
 

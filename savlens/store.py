@@ -12,10 +12,8 @@ lists only complete shards. A shard file that the manifest does not list is igno
 resume). Reopening memory-maps the shards.
 """
 
-import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,29 +23,12 @@ from safetensors.torch import save as st_save
 
 from savlens.cache import HeadFeatures
 from savlens.errors import StoreError
+from savlens.io import sha256_bytes as sha256
+from savlens.io import write_bytes as atomic_write_bytes
 
 FORMAT = "savlens-feature-store"
 VERSION = 1
 MANIFEST = "manifest.json"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 class FeatureStore:

@@ -8,9 +8,9 @@ import torch
 from conftest import tiny
 
 import savlens
-import savlens.extract as extract_mod
+import savlens.extraction as extract_mod
 from savlens.errors import HookNameError, InputError, StoreError
-from savlens.extract import extract
+from savlens.extraction import extract
 from savlens.models.tiny import sample_images
 from savlens.store import open_store
 
@@ -55,7 +55,7 @@ def test_layer_subset_and_layer_width_hooks() -> None:
     exs = _examples(5)
     full = extract(model, exs, progress=False)
     sub = extract(model, exs, "blocks.{0,2}.attn.hook_z", progress=False)
-    assert sub.layers == (0, 2) and sub.hook == "blocks.{0,2}.attn.hook_z"
+    assert sub.layers == (0, 2) and sub.hook == "blocks.*.attn.hook_z"
     assert torch.equal(sub.z, full.z[:, [0, 2]])
     resid = extract(model, exs, "blocks.*.hook_resid_post", progress=False)
     assert resid.z.shape == (5, 3, 1, 64)

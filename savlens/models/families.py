@@ -63,4 +63,20 @@ QWEN2_5_VL = ModelSpec(
     **_QWEN_COMMON,  # type: ignore[arg-type]
 )
 
-BUILTIN = (DECODER_LM, LLAVA_ONEVISION, QWEN2_VL, QWEN2_5_VL)
+#: savlens' own tiny VLM (savlens.zoo.tiny_vlm): EfficientNet-Lite0 -> trained MLP projector -> SmolLM2-135M.
+TINY_VLM = ModelSpec(
+    family="tiny_vlm",
+    classes=("TinyVLM",),
+    blocks=("language_model.model.layers",),
+    final_norm=("language_model.model.norm",),
+    unembed=("language_model.lm_head",),
+    vision_encoder=("vision_tower.blocks.-1",),  # the last MBConv block of the CNN
+    vision_projector=("multi_modal_projector",),
+    text_config="text_config",
+    image_token_attr=("image_token_id",),
+    positions="mask_cumsum",
+    vision_dims=("vision_batch", "d_vision", "vision_height", "vision_width"),  # a CNN's NCHW grid
+    projector_dims=("vision_batch", "vision_pos", "d_model"),
+)
+
+BUILTIN = (DECODER_LM, LLAVA_ONEVISION, QWEN2_VL, QWEN2_5_VL, TINY_VLM)

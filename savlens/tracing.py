@@ -19,7 +19,8 @@ from torch import Tensor
 from savlens.cache import ActivationCache, CacheEntry
 from savlens.errors import HookNotAvailableError, PositionError, SavlensError
 from savlens.inputs import Batch
-from savlens.load import Model
+from savlens.interventions import Edit, apply_edits, as_features, by_layer, head_values, row_values
+from savlens.loading import Model
 from savlens.names import hook_point, resolve, split_name
 from savlens.positions import Positions, Selection, select_positions, take_positions
 
@@ -108,6 +109,7 @@ class Trace:
         self._logits_mode: LogitsMode = logits
         self._stop_at_layer = stop_at_layer
         self._requests: list[_Request] = []
+        self._edits: list[Edit] = []
         self._handles: list[Handle] = []
         self._cache: ActivationCache | None = None
         self._logits: Tensor | None = None
@@ -182,6 +184,61 @@ class Trace:
             raise SavlensError("this trace ran with logits=None (or stop_at_layer); no logits were kept.")
         return self._logits
 
+    # ---- interventions ---------------------------------------------------------------------------
+    def ablate(
+        self, heads: Any, how: Literal["zero", "mean"] = "zero", *, means: Any = None, positions: Positions = "all"
+    ) -> None:
+        """Ablate ``heads``: set their ``hook_z`` to zero or to a mean, at ``positions``.
+
+        Args:
+            heads: a :class:`~savlens.heads.HeadSet`, ``"L14H3"`` labels or ``(layer, head)`` pairs.
+            how: ``"zero"`` or ``"mean"``.
+            means: for ``how="mean"``: :class:`HeadFeatures` (their mean over examples is used) or a
+                ``layer head_index d_head`` tensor over all layers.
+            positions: where to ablate (default every position).
+        """
+        if how not in ("zero", "mean"):
+            raise SavlensError(f"ablate(how=...) must be 'zero' or 'mean'; got {how!r}.")
+        if how == "mean" and means is None:
+            raise SavlensError("ablate(how='mean') needs means=: HeadFeatures or a layer head_index d_head tensor.")
+        for layer, hs in by_layer(heads, self.model):
+            value = None if how == "zero" else head_values(means, layer, hs, self.model)
+            self._add_edit(Edit(layer, hs, "set", value, positions, f"{how}-ablation"))
+
+    def patch(self, heads: Any, source: Any, *, positions: Positions = "last") -> None:
+        """Replace ``heads``' ``hook_z`` with values from another input (activation patching).
+
+        Args:
+            heads: the heads to patch.
+            source: :class:`HeadFeatures` with one row per batch row (features of the source inputs, read at
+                one position), or a ``batch layer head_index d_head`` tensor.
+            positions: where to write the source values (default the last token).
+        """
+        for layer, hs in by_layer(heads, self.model):
+            value = row_values(source, layer, hs, self.model, self.batch.size)
+            self._add_edit(Edit(layer, hs, "set", value[:, None], positions, "patch"))
+
+    def resample(self, heads: Any, source: Any, *, seed: int = 0, positions: Positions = "last") -> None:
+        """Resample-ablate ``heads``: patch in the values of randomly drawn examples of ``source``."""
+        feats = as_features(source)
+        gen = torch.Generator().manual_seed(seed)
+        rows = torch.randint(0, feats.n_examples, (self.batch.size,), generator=gen)
+        self.patch(heads, feats.subset(rows), positions=positions)
+
+    def add(self, heads: Any, vector: Tensor, *, positions: Positions = "last") -> None:
+        """Add ``vector`` (``d_head``, or ``k d_head`` for the k heads of each layer) to ``heads``' ``hook_z``."""
+        for layer, hs in by_layer(heads, self.model):
+            self._add_edit(Edit(layer, hs, "add", torch.as_tensor(vector), positions, "addition"))
+
+    def _add_edit(self, edit: Edit) -> None:
+        if self._ran:
+            raise SavlensError("this trace already ran; declare interventions inside the `with` block.")
+        if self._stop_at_layer is not None and edit.layer > self._stop_at_layer:
+            raise SavlensError(f"{edit.describe()} is past stop_at_layer={self._stop_at_layer}; it would never run.")
+        if edit.positions != "all":
+            select_positions(self.batch, edit.positions)
+        self._edits.append(edit)
+
     def __enter__(self) -> "Trace":
         return self
 
@@ -194,7 +251,7 @@ class Trace:
         if self._ran:
             return self
         per_request, self._logits = _execute(
-            self.model, self.batch, self._requests, self._logits_mode, self._stop_at_layer
+            self.model, self.batch, self._requests, self._logits_mode, self._stop_at_layer, self._edits
         )
         self._cache = ActivationCache()
         for h, entries in zip(self._handles, per_request):
@@ -279,11 +336,16 @@ class _Read:
     kind: str
     order: tuple[int, int, int]
     saves: list[tuple[str, _Request]] = field(default_factory=list)
+    edits: list["Edit"] = field(default_factory=list)
 
 
-def _plan(model: Model, requests: list[_Request]) -> list[_Read]:
+def _plan(model: Model, requests: list[_Request], edits: "Sequence[Edit]" = ()) -> list[_Read]:
     rs = model.resolved
     reads: dict[tuple[str, str], _Read] = {}
+    for edit in edits:
+        path = rs.block_path(edit.layer, "o_proj")
+        reads.setdefault((path, "input"), _Read(path, "input", (2, edit.layer, _STEP[("o_proj", "input")])))
+        reads[(path, "input")].edits.append(edit)
     for req in requests:
         for name in req.names:
             layer, template = split_name(name)
@@ -319,9 +381,14 @@ def _first(x: Any) -> Tensor:
 
 
 def _execute(
-    model: Model, batch: Batch, requests: list[_Request], logits_mode: LogitsMode, stop_at_layer: int | None
+    model: Model,
+    batch: Batch,
+    requests: list[_Request],
+    logits_mode: LogitsMode,
+    stop_at_layer: int | None,
+    edits: Sequence[Edit] = (),
 ) -> tuple[list[dict[str, CacheEntry]], Tensor | None]:
-    plan = _plan(model, requests)
+    plan = _plan(model, requests, edits)
     selections: dict[Any, Selection] = {}
     for req in requests:
         key = _pos_key(req.positions)
@@ -334,10 +401,16 @@ def _execute(
     env = model.envoy
     last = batch.last_index.to(model.device)
 
+    sizes = model.sizes
+    applied: list[Edit] = []
     with torch.no_grad(), env.trace(**inputs) as tracer:
         for read in plan:
             module = _envoy_at(env, read.path)
             value = module.input if read.kind == "input" else module.output
+            if read.edits:
+                value = apply_edits(value, read.edits, batch, sizes)
+                module.input = value
+                applied.extend(read.edits)
             for name, req in read.saves:
                 _, template = split_name(name)
                 if template == "blocks.{l}.attn.hook_pattern":
@@ -361,6 +434,12 @@ def _execute(
                 lg = lg[torch.arange(lg.shape[0], device=lg.device), last][:, None]
             logits_box.append(lg.save())
 
+    missed = [e for e in edits if not any(e is a for a in applied)]
+    if missed:
+        raise HookNotAvailableError(
+            f"interventions on {', '.join(e.describe() for e in missed)} never ran: the output projection of that "
+            "layer was not called in this forward pass."
+        )
     out: list[dict[str, CacheEntry]] = []
     for req, values in zip(requests, raw):
         entries = {}

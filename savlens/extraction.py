@@ -17,10 +17,10 @@ from savlens.cache import HeadFeatures
 from savlens.errors import FeatureError, InputError
 from savlens.example import Example
 from savlens.inputs import Batch
-from savlens.load import Model
+from savlens.loading import Model
 from savlens.names import resolve, split_name
 from savlens.store import FeatureStore, open_store
-from savlens.trace import trace
+from savlens.tracing import trace
 
 _PER_HEAD = ("blocks.{l}.attn.hook_z", "blocks.{l}.attn.hook_result", "blocks.{l}.attn.hook_q")
 _PER_LAYER = (
@@ -33,7 +33,7 @@ _PER_LAYER = (
 
 def extract(
     model: Model,
-    examples: Sequence[Example],
+    examples: Sequence[Example | str],
     names: str | Sequence[str] = "blocks.*.attn.hook_z",
     positions: str | int = "last",
     *,
@@ -68,11 +68,14 @@ def extract(
         HookNameError: names that match no hook.
         StoreError: a store from another extraction, a store that cannot be written.
     """
-    exs = list(examples)
+    exs = [Example(e) if isinstance(e, str) else e for e in examples]
     if not exs:
         raise InputError("savlens.extract got no examples.")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be a positive int; got {batch_size!r}.")
+    for i, e in enumerate(exs):
+        if not isinstance(e, Example):
+            raise InputError(f"example {i} is a {type(e).__name__}; give savlens.Example objects or strings.")
     if isinstance(positions, bool) or not (positions == "last" or isinstance(positions, int)):
         raise InputError(f"extract reads one position per example: 'last' or an int index; got {positions!r}.")
     concrete = resolve(names, model.n_layers, model.multimodal)
@@ -89,7 +92,7 @@ def extract(
         dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
         raise InputError(f"duplicate example ids {dup}; give each example a unique id.")
     exs = [e if e.id is not None else _with_id(e, i) for e, i in zip(exs, ids)]
-    hook = concrete[0] if len(concrete) == 1 else _pattern_of(template, layers, model.n_layers)
+    hook = template.replace("{l}", "*")  # the layers read are in `layers`
     header = {
         "model_id": model.model_id,
         "fingerprint": model.fingerprint,
@@ -166,12 +169,6 @@ def _run_batch(
     if template in _PER_LAYER:
         z = z.unsqueeze(2)  # batch layer head_index=1 d_model
     return z
-
-
-def _pattern_of(template: str, layers: list[int], n_layers: int) -> str:
-    if layers == list(range(n_layers)):
-        return template.replace("{l}", "*")
-    return template.replace("{l}", "{" + ",".join(map(str, layers)) + "}")
 
 
 def _with_id(e: Example, i: str) -> Example:

@@ -1,0 +1,194 @@
+"""Comparisons under equal conditions: sparse heads vs sparse layers, head-set overlap, score correlation.
+
+:func:`compare_heads_layers` runs SAV heads and :class:`~savlens.classifiers.SparseLayers` on the same seeded
+stratified folds with a matched feature budget, plus a shuffled-label control of each (paper Table 3b).
+:func:`jaccard` and :func:`spearman` compare the heads two tasks select and how they rank every head.
+"""
+
+from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from savlens.cache import HeadFeatures
+from savlens.classifiers import SparseLayers
+from savlens.errors import FeatureError, SavlensError
+from savlens.heads import Head, HeadScores, HeadSet
+from savlens.sav import SAV
+from savlens.scoring import encode_labels, resolve_labels, stratified_folds
+
+
+@dataclass(eq=False)
+class HeadsVsLayers:
+    """Held-out accuracy of sparse heads and sparse layers on the same folds.
+
+    Attributes:
+        heads: ``fold`` test accuracy of an SAV with ``k_heads`` heads, per fold.
+        layers: ``fold`` test accuracy of :class:`SparseLayers` with ``k_layers`` layers, per fold.
+        heads_shuffled: ``fold`` the same SAV fitted on shuffled training labels (control: near chance).
+        layers_shuffled: ``fold`` the same for sparse layers.
+        k_heads: heads kept.
+        k_layers: layers kept.
+        n_features_heads: feature dimensions the heads use (``k_heads * d_head``).
+        n_features_layers: feature dimensions the layers use (``k_layers * head_index * d_head``).
+        chance: the majority-class rate of the labels (the accuracy of always guessing the largest class).
+        folds: ``example`` fold of each example.
+    """
+
+    heads: Float[Tensor, " fold"]
+    layers: Float[Tensor, " fold"]
+    heads_shuffled: Float[Tensor, " fold"]
+    layers_shuffled: Float[Tensor, " fold"]
+    k_heads: int
+    k_layers: int
+    n_features_heads: int
+    n_features_layers: int
+    chance: float
+    folds: Int[Tensor, " example"]
+
+    def mean(self) -> dict[str, float]:
+        """Return the mean accuracy over folds of each arm."""
+        return {
+            "heads": float(self.heads.mean()),
+            "layers": float(self.layers.mean()),
+            "heads_shuffled": float(self.heads_shuffled.mean()),
+            "layers_shuffled": float(self.layers_shuffled.mean()),
+        }
+
+    def __str__(self) -> str:
+        m = self.mean()
+        return (
+            f"sparse heads  (k={self.k_heads}, {self.n_features_heads} dims): {m['heads']:.3f}"
+            f"  [shuffled labels {m['heads_shuffled']:.3f}]\n"
+            f"sparse layers (k={self.k_layers}, {self.n_features_layers} dims): {m['layers']:.3f}"
+            f"  [shuffled labels {m['layers_shuffled']:.3f}]\n"
+            f"chance (majority class): {self.chance:.3f}; {self.heads.numel()} folds"
+        )
+
+
+def layer_budget(k_heads: int, n_layers: int, n_heads: int, budget: str = "features") -> int:
+    """Return how many layers match ``k_heads`` heads under a budget.
+
+    ``"features"``: about the same number of feature dimensions, ``round(k_heads / n_heads)`` layers (at least
+    1); ``"units"``: as many layers as heads (at most ``n_layers``).
+
+    Example:
+        >>> layer_budget(20, 28, 28), layer_budget(20, 28, 28, "units"), layer_budget(64, 28, 16)
+        (1, 20, 4)
+    """
+    if budget == "features":
+        k = max(1, round(k_heads / n_heads))
+    elif budget == "units":
+        k = k_heads
+    else:
+        raise SavlensError(f"budget must be 'features' or 'units'; got {budget!r}.")
+    return min(k, n_layers)
+
+
+def compare_heads_layers(
+    features: HeadFeatures,
+    labels: Sequence[Hashable] | None = None,
+    *,
+    k: int = 20,
+    k_layers: int | None = None,
+    budget: str = "features",
+    n_folds: int = 5,
+    seed: int = 0,
+    mode: str | None = None,
+) -> HeadsVsLayers:
+    """Compare sparse heads with sparse layers on the same stratified folds, with shuffled-label controls.
+
+    For each fold of :func:`~savlens.scoring.stratified_folds` (``n_folds``, ``seed``), an SAV with ``k`` heads
+    and a :class:`SparseLayers` with ``k_layers`` layers are fitted on the other folds (head and layer scores
+    computed with ``mode`` inside the training folds only) and tested on the fold; then both again with the
+    training labels permuted (seeded), tested on the true labels.
+
+    Args:
+        features: ``example layer head_index d_head`` labelled head features.
+        labels: one label per example; None uses ``features.labels``.
+        k: heads kept.
+        k_layers: layers kept; None derives it from ``budget`` (:func:`layer_budget`).
+        budget: ``"features"`` (same feature dimensions) or ``"units"`` (same number of voters).
+        n_folds: outer folds.
+        seed: fold, shuffle and tie-break seed.
+        mode: scoring mode inside each training set (None: ``"loo"``).
+    """
+    what = "compare_heads_layers"
+    labels = resolve_labels(features, labels, what)
+    enc = encode_labels(labels, what=what)
+    if k_layers is None:
+        k_layers = layer_budget(k, features.n_layers, features.n_heads, budget)
+    folds = stratified_folds(enc.codes, n_folds, seed)
+    rng = np.random.default_rng(seed)
+    arms: dict[str, list[float]] = {"heads": [], "layers": [], "heads_shuffled": [], "layers_shuffled": []}
+    for f in range(n_folds):
+        test = torch.nonzero(folds == f).squeeze(1)
+        train = torch.nonzero(folds != f).squeeze(1)
+        tr, te = features.subset(train), features.subset(test)
+        tr_labels = [labels[i] for i in train.tolist()]
+        te_labels = [labels[i] for i in test.tolist()]
+        shuffled = [tr_labels[i] for i in rng.permutation(len(tr_labels))]
+        for suffix, fit_labels in (("", tr_labels), ("_shuffled", shuffled)):
+            sav = SAV(k, "centroid", mode, seed, n_folds=n_folds).fit(tr, fit_labels)
+            arms["heads" + suffix].append(sav.score(te, te_labels))
+            sparse = SparseLayers(k_layers, mode=mode, seed=seed, n_folds=n_folds).fit(tr, fit_labels)
+            arms["layers" + suffix].append(sparse.score(te, te_labels))
+    t = {name: torch.tensor(values, dtype=torch.float64) for name, values in arms.items()}
+    return HeadsVsLayers(
+        heads=t["heads"],
+        layers=t["layers"],
+        heads_shuffled=t["heads_shuffled"],
+        layers_shuffled=t["layers_shuffled"],
+        k_heads=k,
+        k_layers=k_layers,
+        n_features_heads=k * features.d_head,
+        n_features_layers=k_layers * features.n_heads * features.d_head,
+        chance=float(enc.counts.max()) / features.n_examples,
+        folds=folds,
+    )
+
+
+def jaccard(
+    a: "HeadSet | Iterable[Head | str | tuple[int, int]]", b: "HeadSet | Iterable[Head | str | tuple[int, int]]"
+) -> float:
+    """Return the Jaccard overlap ``|a & b| / |a | b|`` of two head sets (1.0 when both are empty).
+
+    Example:
+        >>> jaccard(["L1H0", "L2H3"], ["L2H3", "L5H5", "L7H1"])
+        0.25
+    """
+    sa = set(a if isinstance(a, HeadSet) else HeadSet(a))
+    sb = set(b if isinstance(b, HeadSet) else HeadSet(b))
+    union = sa | sb
+    return len(sa & sb) / len(union) if union else 1.0
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    starts = np.cumsum(counts) - counts
+    return (starts + (counts - 1) / 2.0)[inverse]
+
+
+def spearman(a: HeadScores | Tensor, b: HeadScores | Tensor) -> float:
+    """Return the Spearman rank correlation of two head score tables (ties get average ranks).
+
+    NaN when either table is constant (the correlation is undefined).
+
+    Example:
+        >>> spearman(torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([[10.0, 20.0], [40.0, 30.0]]))
+        0.8
+    """
+    ta = a.scores if isinstance(a, HeadScores) else a
+    tb = b.scores if isinstance(b, HeadScores) else b
+    if ta.shape != tb.shape:
+        raise FeatureError(f"spearman: score tables of shapes {tuple(ta.shape)} and {tuple(tb.shape)} differ.")
+    if isinstance(a, HeadScores) and isinstance(b, HeadScores) and a.layers != b.layers:
+        raise FeatureError(f"spearman: the tables cover different layers ({a.layers} vs {b.layers}).")
+    ra = _average_ranks(ta.reshape(-1).double().numpy())
+    rb = _average_ranks(tb.reshape(-1).double().numpy())
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denom = float(np.sqrt((ra * ra).sum() * (rb * rb).sum()))
+    return float((ra * rb).sum() / denom) if denom > 0 else float("nan")

@@ -1,0 +1,579 @@
+"""Head selection criteria: per-head scores computed on labelled :class:`~savlens.cache.HeadFeatures`.
+
+A criterion is any function ``(features, labels) -> HeadScores`` (extra keyword arguments such as ``mode``
+and ``seed`` are optional). Register one with :func:`register_scorer` to use it by name in
+:class:`savlens.sav.SAV`; see docs/criteria.md. Shipped criteria, all written through that extension point:
+
+- ``"centroid"`` (:func:`centroid_accuracy`): nearest-class-centroid accuracy with cosine similarity, the
+  SAV criterion of the paper, in ``in_sample`` / ``loo`` / ``kfold`` modes;
+- ``"probe"`` (:func:`probe_accuracy`): held-out accuracy of a per-head ridge-regression classifier;
+- ``"fisher"`` (:func:`fisher_ratio`): between-class over within-class scatter.
+
+Every criterion scores all ``layer x head_index`` heads at once (einsum / batched linear algebra).
+"""
+
+import inspect
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from savlens.cache import HeadFeatures
+from savlens.errors import FeatureError, LabelError, SavlensError
+from savlens.heads import HeadScores
+
+EPS = 1e-8
+"""The eps of :func:`torch.nn.functional.cosine_similarity`: each norm is clamped to at least this."""
+
+MODES = ("in_sample", "loo", "kfold")
+_LABEL_TYPES = {str: "str", int: "int", bool: "bool"}
+
+# labels ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EncodedLabels:
+    """Labels as class indices.
+
+    Attributes:
+        classes: the distinct labels; ``codes`` index into it.
+        codes: ``example`` int64 class index of each example.
+        class_type: ``"str"``, ``"int"`` or ``"bool"``.
+    """
+
+    classes: tuple[Hashable, ...]
+    codes: Int[Tensor, " example"]
+    class_type: str
+
+    @property
+    def n_classes(self) -> int:
+        """Number of distinct classes."""
+        return len(self.classes)
+
+    @property
+    def counts(self) -> Int[Tensor, " class"]:
+        """Number of examples of each class."""
+        return torch.bincount(self.codes, minlength=len(self.classes))
+
+
+def normalize_label(value: Any) -> Any:
+    """Return ``value`` as a plain Python label (numpy / 0-d tensor scalars become str / int / bool)."""
+    if isinstance(value, np.generic) or (isinstance(value, Tensor) and value.ndim == 0):
+        return value.item()
+    return value
+
+
+def encode_labels(
+    labels: Sequence[Hashable], *, order: str = "sorted", what: str = "labels", min_classes: int = 2
+) -> EncodedLabels:
+    """Number the classes of ``labels`` and check them.
+
+    Args:
+        labels: one label per example: all ``str``, all ``int`` or all ``bool``.
+        order: ``"sorted"`` (scikit-learn's convention) or ``"first"`` (order of first appearance, the
+            reference code's convention).
+        what: the user's call, for error messages.
+        min_classes: refuse fewer classes than this.
+
+    Example:
+        >>> e = encode_labels(["b", "a", "b"], order="first")
+        >>> e.classes, e.codes.tolist()
+        (('b', 'a'), [0, 1, 0])
+    """
+    values = [normalize_label(v) for v in labels]
+    if not values:
+        raise LabelError(f"{what}: no labels given.")
+    types: dict[str, Any] = {}
+    for v in values:
+        name = _LABEL_TYPES.get(type(v))
+        if name is None:
+            raise LabelError(f"{what}: labels must be str, int or bool; got {v!r} of type {type(v).__name__}.")
+        types.setdefault(name, v)
+    if len(types) > 1:
+        shown = ", ".join(f"{t} (e.g. {v!r})" for t, v in types.items())
+        raise LabelError(f"{what}: labels mix types: {shown}. Use one type for every label.")
+    if order == "sorted":
+        classes = tuple(sorted(set(values)))  # type: ignore[type-var]
+    elif order == "first":
+        classes = tuple(dict.fromkeys(values))
+    else:
+        raise SavlensError(f"{what}: class order must be 'sorted' or 'first'; got {order!r}.")
+    if len(classes) < min_classes:
+        raise LabelError(
+            f"{what}: the labels hold a single class ({classes[0]!r}, {len(values)} examples); "
+            f"at least {min_classes} classes are needed to score or classify."
+        )
+    index = {c: i for i, c in enumerate(classes)}
+    codes = torch.tensor([index[v] for v in values], dtype=torch.long)
+    return EncodedLabels(classes, codes, next(iter(types)))
+
+
+def resolve_labels(features: HeadFeatures, labels: Sequence[Hashable] | None, what: str) -> list[Hashable]:
+    """Return ``labels`` (or ``features.labels`` when None), checked to give one label per example."""
+    if labels is None:
+        labels = features.labels
+        if labels is None:
+            raise LabelError(f"{what}: no labels; pass labels=... or features with labels attached.")
+    labels = list(labels)
+    if len(labels) != features.n_examples:
+        raise LabelError(
+            f"{what}: {len(labels)} labels for {features.n_examples} examples; give one label per example."
+        )
+    return labels
+
+
+# features --------------------------------------------------------------------------------------------
+
+
+def head_matrix(features: HeadFeatures, what: str = "features") -> Float[Tensor, "example layer head_index d_head"]:
+    """Return ``features.z`` as a float tensor, refusing NaN / inf.
+
+    Half-precision features are upcast to float32; float64 stays float64. The check reduces each head vector
+    to its norm first, so finite features are read once.
+    """
+    z = features.z
+    if features.n_examples == 0:
+        raise FeatureError(f"{what}: the features hold no examples.")
+    if z.dtype not in (torch.float32, torch.float64):
+        z = z.float()
+    norms = torch.linalg.vector_norm(z, dim=-1)
+    if not torch.isfinite(norms).all():
+        bad = ~torch.isfinite(z).all(dim=-1)
+        if not bad.any():
+            raise FeatureError(f"{what}: the feature norms overflow {z.dtype}; rescale the features or pass float64.")
+        i, layer, head = torch.nonzero(bad)[0].tolist()
+        ids = features.example_ids or []
+        layers = features.layers or ()
+        raise FeatureError(
+            f"{what}: the features hold NaN or infinite values in {int(bad.sum())} head vectors "
+            f"(first: example {ids[i]!r}, layer {layers[layer]}, head {head})."
+        )
+    return z
+
+
+def _flat(z: Tensor) -> Tensor:
+    """Merge the layer and head_index axes: ``example layer head_index d_head -> example (layer head_index) d_head``."""
+    return z.reshape(z.shape[0], -1, z.shape[-1])
+
+
+def stratified_folds(
+    labels: Sequence[Hashable] | Int[Tensor, " example"], n_folds: int = 5, seed: int = 0
+) -> Int[Tensor, " example"]:
+    """Assign each example to one of ``n_folds`` folds, stratified by class and seeded.
+
+    Within each class (in sorted class order) the examples are shuffled with ``numpy.random.default_rng(seed)``
+    and dealt round-robin, continuing the deal across classes so the folds differ in size by at most one.
+
+    Example:
+        >>> stratified_folds(["a", "a", "b", "b"], n_folds=2, seed=0).bincount().tolist()
+        [2, 2]
+    """
+    codes = labels if isinstance(labels, Tensor) else encode_labels(labels, min_classes=1).codes
+    n = int(codes.shape[0])
+    if isinstance(n_folds, bool) or not isinstance(n_folds, int) or not 2 <= n_folds <= n:
+        raise SavlensError(f"n_folds must be an int between 2 and the {n} examples; got {n_folds!r}.")
+    rng = np.random.default_rng(seed)
+    folds = np.empty(n, dtype=np.int64)
+    offset = 0
+    codes_np = codes.numpy()
+    for c in np.unique(codes_np):
+        members = rng.permutation(np.flatnonzero(codes_np == c))
+        folds[members] = (offset + np.arange(members.size)) % n_folds
+        offset += members.size
+    return torch.from_numpy(folds)
+
+
+# registry --------------------------------------------------------------------------------------------
+
+Scorer = Callable[..., HeadScores]
+_SCORERS: dict[str, Scorer] = {}
+
+
+def register_scorer(name: str, *, replace: bool = False) -> Callable[[Scorer], Scorer]:
+    """Register a head-selection criterion under ``name`` (a decorator).
+
+    The function takes ``(features, labels)`` and returns :class:`HeadScores` (higher is better); it may also
+    accept keyword arguments ``mode``, ``seed``, ``n_folds`` that :class:`~savlens.sav.SAV` then passes on.
+
+    Example:
+        >>> @register_scorer("mean_norm", replace=True)
+        ... def mean_norm(features, labels=None):
+        ...     return HeadScores(features.z.norm(dim=-1).mean(0), "mean_norm", layers=features.layers)
+        >>> get_scorer("mean_norm") is mean_norm
+        True
+    """
+
+    def decorate(fn: Scorer) -> Scorer:
+        if not callable(fn):
+            raise SavlensError(f"register_scorer({name!r}) decorates a function; got {fn!r}.")
+        if name in _SCORERS and _SCORERS[name] is not fn and not replace:
+            raise SavlensError(
+                f"a criterion named {name!r} is already registered ({_SCORERS[name].__qualname__}); "
+                "pass replace=True to override it."
+            )
+        _SCORERS[name] = fn
+        return fn
+
+    return decorate
+
+
+def get_scorer(scorer: str | Scorer) -> Scorer:
+    """Return the criterion registered under ``scorer`` (a callable is returned as is)."""
+    if callable(scorer):
+        return scorer
+    try:
+        return _SCORERS[scorer]
+    except KeyError:
+        raise SavlensError(
+            f"no criterion is registered as {scorer!r}; registered: {', '.join(sorted(_SCORERS))}. "
+            "Register one with @savlens.scoring.register_scorer(name)."
+        ) from None
+
+
+def available_scorers() -> tuple[str, ...]:
+    """Return the registered criterion names, sorted."""
+    return tuple(sorted(_SCORERS))
+
+
+def scorer_name(scorer: str | Scorer) -> str:
+    """Return the registered name of ``scorer``, or ``module.qualname`` for an unregistered function."""
+    if isinstance(scorer, str):
+        return scorer
+    for name, fn in _SCORERS.items():
+        if fn is scorer:
+            return name
+    return f"{getattr(scorer, '__module__', '?')}.{getattr(scorer, '__qualname__', repr(scorer))}"
+
+
+def run_scorer(
+    scorer: str | Scorer,
+    features: HeadFeatures,
+    labels: Sequence[Hashable] | None = None,
+    *,
+    mode: str | None = None,
+    **options: Any,
+) -> HeadScores:
+    """Call a criterion, passing ``mode`` (when not None) and those ``options`` its signature accepts.
+
+    Raises:
+        SavlensError: ``mode`` was given but the criterion takes none, or it returned something other
+            than a ``layer head_index`` :class:`HeadScores` for these features.
+    """
+    fn = get_scorer(scorer)
+    name = scorer_name(scorer)
+    params = inspect.signature(fn).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    kwargs = {k: v for k, v in options.items() if v is not None and (takes_any or k in params)}
+    if mode is not None:
+        if not (takes_any or "mode" in params):
+            raise SavlensError(f"criterion {name!r} takes no mode; drop mode={mode!r} or use another criterion.")
+        kwargs["mode"] = mode
+    result = fn(features, labels, **kwargs)
+    if not isinstance(result, HeadScores):
+        raise SavlensError(f"criterion {name!r} returned {type(result).__name__}; it must return HeadScores.")
+    if tuple(result.scores.shape) != (features.n_layers, features.n_heads):
+        raise SavlensError(
+            f"criterion {name!r} returned scores of shape {tuple(result.scores.shape)} for features with "
+            f"layer={features.n_layers}, head_index={features.n_heads}."
+        )
+    if tuple(result.layers or ()) != tuple(features.layers or ()):
+        raise SavlensError(
+            f"criterion {name!r} returned scores for layers {result.layers} but the features hold layers "
+            f"{features.layers}; build its HeadScores with layers=features.layers."
+        )
+    return result
+
+
+# centroid accuracy -----------------------------------------------------------------------------------
+
+
+def _class_sums(x: Tensor, codes: Tensor, n_classes: int) -> Tensor:
+    """Sum ``x`` (``example head d_head``) per class: ``class head d_head``."""
+    onehot = F.one_hot(codes, n_classes).to(x.dtype)
+    return (onehot.T @ x.reshape(x.shape[0], -1)).reshape(n_classes, *x.shape[1:])
+
+
+def _nearest(x: Tensor, centroids: Tensor) -> Tensor:
+    """Return the index of the nearest centroid (cosine, first maximum): ``example head``.
+
+    ``x``: ``example head d_head``; ``centroids``: ``class head d_head``. The example's own norm is a positive
+    factor common to all classes, so it is left out of the argmax.
+    """
+    dots = torch.einsum("njd,cjd->njc", x, centroids)
+    norms = torch.linalg.vector_norm(centroids, dim=-1).clamp_min(EPS)
+    return (dots / norms.T).argmax(dim=-1)
+
+
+def _correct_in_sample(x: Tensor, codes: Tensor, n_classes: int) -> Tensor:
+    counts = torch.bincount(codes, minlength=n_classes).to(x.dtype)
+    centroids = _class_sums(x, codes, n_classes) / counts[:, None, None]
+    return (_nearest(x, centroids) == codes[:, None]).sum(0)
+
+
+def _correct_loo(x: Tensor, codes: Tensor, n_classes: int) -> Tensor:
+    n, n_heads = x.shape[:2]
+    sums = _class_sums(x, codes, n_classes)
+    counts = torch.bincount(codes, minlength=n_classes).double()
+    g = torch.einsum("njd,cjd->njc", x, sums).double()  # x_i . S_c
+    q = torch.einsum("njd,njd->nj", x, x).double()  # |x_i|^2
+    ss = torch.einsum("cjd,cjd->cj", sums, sums).double()  # |S_c|^2
+    # other classes: centroid S_c / n_c
+    sim = (g / counts) / (ss.sqrt() / counts[:, None]).clamp_min(EPS).T
+    # own class without the example: (S_y - x_i) / (n_y - 1)
+    idx = codes[:, None, None].expand(n, n_heads, 1)
+    g_own = g.gather(-1, idx).squeeze(-1)
+    m = (counts[codes] - 1)[:, None]
+    own_norm = ((ss[codes] - 2 * g_own + q).clamp_min(0).sqrt() / m).clamp_min(EPS)
+    own = ((g_own - q) / m) / own_norm
+    own = torch.where(m > 0, own, torch.full_like(own, -torch.inf))  # a lone example has no own centroid
+    sim.scatter_(-1, idx, own[..., None])
+    return (sim.argmax(dim=-1) == codes[:, None]).sum(0)
+
+
+def _correct_kfold(
+    x: Tensor, codes: Tensor, classes: tuple[Hashable, ...], n_folds: int, seed: int, what: str
+) -> Tensor:
+    n_classes = len(classes)
+    folds = stratified_folds(codes, n_folds, seed)
+    sums = _class_sums(x, codes, n_classes)
+    counts = torch.bincount(codes, minlength=n_classes)
+    correct = torch.zeros(x.shape[1], dtype=torch.long)
+    for f in range(n_folds):
+        test = torch.nonzero(folds == f).squeeze(1)
+        if test.numel() == 0:
+            continue
+        x_test, y_test = x.index_select(0, test), codes[test]
+        train_counts = counts - torch.bincount(y_test, minlength=n_classes)
+        if (train_counts == 0).any():
+            c = classes[int(torch.nonzero(train_counts == 0)[0])]
+            raise LabelError(
+                f"{what}: class {c!r} is empty in the training split of fold {f} (it has "
+                f"{int(counts[classes.index(c)])} example(s)); use fewer folds, mode='loo' or more examples."
+            )
+        centroids = (sums - _class_sums(x_test, y_test, n_classes)) / train_counts.to(x.dtype)[:, None, None]
+        correct += (_nearest(x_test, centroids) == y_test[:, None]).sum(0)
+    return correct
+
+
+def _correct_reference(z: Tensor, codes: Tensor, n_classes: int, chunk_elems: int = 1 << 26) -> Tensor:
+    """In-sample correct counts exactly as the reference computes them (``layer head_index``)."""
+    centroids = torch.stack([z[codes == c].mean(dim=0) for c in range(n_classes)], dim=2)  # L H C d
+    per = max(1, chunk_elems // max(1, centroids.numel()))
+    correct = torch.zeros(z.shape[1:3], dtype=torch.long)
+    for start in range(0, z.shape[0], per):
+        part = z[start : start + per]
+        sim = F.cosine_similarity(part[:, :, :, None, :], centroids[None], dim=-1, eps=EPS)
+        correct += (sim.argmax(dim=-1) == codes[start : start + per, None, None]).sum(0)
+    return correct
+
+
+@register_scorer("centroid")
+def centroid_accuracy(
+    features: HeadFeatures,
+    labels: Sequence[Hashable] | None = None,
+    *,
+    mode: str | None = None,
+    n_folds: int = 5,
+    seed: int = 0,
+    reference: bool = False,
+) -> HeadScores:
+    """Score every head by its nearest-class-centroid accuracy (cosine similarity), the SAV criterion.
+
+    For head (l, h), each class centroid is the mean of ``z[:, l, h]`` over the class's examples; an example
+    is assigned the class of highest cosine similarity (eps 1e-8, first maximum in class order); the score
+    is the fraction assigned their own class (the reference's count is ``score * n_examples``).
+
+    Args:
+        features: ``example layer head_index d_head`` head features (``blocks.*.attn.hook_z`` at ``last``).
+        labels: one label per example; None uses ``features.labels``.
+        mode: ``"loo"`` (default): each example is scored against centroids without itself; a class
+            with a single example then has no centroid for that example, which counts as wrong.
+            ``"kfold"``: seeded stratified folds (:func:`stratified_folds`); a class left empty in a
+            training split raises. ``"in_sample"``: the reference's choice, each example is part of its
+            own centroid.
+        n_folds: folds for ``"kfold"``.
+        seed: fold seed for ``"kfold"``.
+        reference: compute exactly as the reference code (``mode`` must be ``"in_sample"``, classes in order
+            of first appearance, cosines from :func:`torch.nn.functional.cosine_similarity` in the features'
+            dtype); slower, used by ``SAV(reference=True)``.
+
+    Example:
+        >>> z = torch.zeros(4, 1, 2, 2); z[:2, 0, 0, 0] = 1; z[2:, 0, 0, 1] = 1; z[:, 0, 1] = 1
+        >>> centroid_accuracy(HeadFeatures(z, labels=["a", "a", "b", "b"])).scores.tolist()
+        [[1.0, 0.5]]
+    """
+    what = "centroid_accuracy"
+    mode = ("in_sample" if reference else "loo") if mode is None else mode
+    if mode not in MODES:
+        raise SavlensError(f"{what}: mode must be one of {MODES}; got {mode!r}.")
+    if reference and mode != "in_sample":
+        raise SavlensError(f"{what}: reference=True scores in sample, as the reference code; got mode={mode!r}.")
+    enc = encode_labels(resolve_labels(features, labels, what), order="first" if reference else "sorted", what=what)
+    x = _flat(head_matrix(features, what))
+    n, c = features.n_examples, enc.n_classes
+    params: dict[str, Any] = {"n_examples": n, "reference": reference}
+    if reference:
+        z = features.z if features.z.is_floating_point() else features.z.float()
+        correct = _correct_reference(z, enc.codes, c).reshape(-1)
+    elif mode == "in_sample":
+        correct = _correct_in_sample(x, enc.codes, c)
+    elif mode == "loo":
+        correct = _correct_loo(x, enc.codes, c)
+    else:
+        correct = _correct_kfold(x, enc.codes, enc.classes, n_folds, seed, what)
+        params.update(n_folds=n_folds, seed=seed)
+    table = (correct.double() / n).reshape(features.n_layers, features.n_heads)
+    return HeadScores(table, "centroid", mode, params, features.layers)
+
+
+# linear probe ----------------------------------------------------------------------------------------
+
+
+def _ridge_predict(a_tr: Tensor, y_tr: Tensor, a_te: Tensor, alpha: float) -> Tensor:
+    """Fit ridge per head on ``head example p`` design ``a_tr``, predict ``a_te``: ``head example class``."""
+    m, p = a_tr.shape[1], a_tr.shape[2]
+    if m <= p:  # dual: (A A^T + alpha I)^-1 Y
+        k = a_tr @ a_tr.transpose(1, 2) + alpha * torch.eye(m, dtype=a_tr.dtype)
+        coef = torch.cholesky_solve(y_tr.expand(a_tr.shape[0], *y_tr.shape), torch.linalg.cholesky(k))
+        return (a_te @ a_tr.transpose(1, 2)) @ coef
+    gram = a_tr.transpose(1, 2) @ a_tr + alpha * torch.eye(p, dtype=a_tr.dtype)
+    w = torch.cholesky_solve(a_tr.transpose(1, 2) @ y_tr, torch.linalg.cholesky(gram))
+    return a_te @ w
+
+
+def _ridge_loo(a: Tensor, y: Tensor, alpha: float) -> Tensor:
+    """Exact leave-one-out ridge predictions per head: ``head example class``."""
+    n, p = a.shape[1], a.shape[2]
+    if n <= p:  # B = (K + alpha I)^-1; LOO residual = (B Y)_i / B_ii
+        b = torch.cholesky_inverse(torch.linalg.cholesky(a @ a.transpose(1, 2) + alpha * torch.eye(n, dtype=a.dtype)))
+        return y - (b @ y) / torch.diagonal(b, dim1=1, dim2=2)[..., None]
+    inv = torch.cholesky_inverse(torch.linalg.cholesky(a.transpose(1, 2) @ a + alpha * torch.eye(p, dtype=a.dtype)))
+    ap = a @ inv
+    fitted = ap @ (a.transpose(1, 2) @ y)
+    h = (ap * a).sum(-1, keepdim=True)
+    return (fitted - h * y) / (1 - h)
+
+
+def _ridge_kfold_correct(a: Tensor, y: Tensor, codes: Tensor, folds: Tensor, alpha: float) -> Tensor:
+    """Count per head the test examples a ridge probe fitted on the other folds gets right."""
+    p = a.shape[2]
+    correct = torch.zeros(a.shape[0], dtype=torch.long)
+    gram: Tensor | None = None
+    rhs: Tensor | None = None
+    for f in range(int(folds.max()) + 1):
+        test, train = torch.nonzero(folds == f).squeeze(1), torch.nonzero(folds != f).squeeze(1)
+        if not test.numel():
+            continue
+        a_te = a[:, test]
+        if train.numel() > p:  # primal: downdate the full Gram matrix by the test fold
+            if gram is None or rhs is None:
+                gram, rhs = a.transpose(1, 2) @ a, a.transpose(1, 2) @ y
+            g = gram - a_te.transpose(1, 2) @ a_te + alpha * torch.eye(p, dtype=a.dtype)
+            w = torch.cholesky_solve(rhs - a_te.transpose(1, 2) @ y[test], torch.linalg.cholesky(g))
+            scores = a_te @ w
+        else:
+            scores = _ridge_predict(a[:, train], y[train], a_te, alpha)
+        correct += (scores.argmax(-1) == codes[test]).sum(-1)
+    return correct
+
+
+@register_scorer("probe")
+def probe_accuracy(
+    features: HeadFeatures,
+    labels: Sequence[Hashable] | None = None,
+    *,
+    mode: str = "loo",
+    n_folds: int = 5,
+    seed: int = 0,
+    alpha: float = 1.0,
+) -> HeadScores:
+    """Score every head by the held-out accuracy of a linear probe on that head alone.
+
+    The probe is a ridge-regression classifier (least squares on one-hot targets, predicted class = argmax,
+    first maximum) on the unit-normalised head vector plus a constant feature, penalty ``alpha`` on all
+    weights. It is solved in closed form for all heads at once (batched Cholesky, primal or dual form,
+    whichever is smaller), so no per-head loop of model fits.
+
+    Args:
+        features: ``example layer head_index d_head`` head features.
+        labels: one label per example; None uses ``features.labels``.
+        mode: ``"loo"`` (exact closed-form leave-one-out), ``"kfold"`` (:func:`stratified_folds`) or
+            ``"in_sample"`` (training accuracy; near 1 whenever d_head >= examples).
+        n_folds: folds for ``"kfold"``.
+        seed: fold seed for ``"kfold"``.
+        alpha: ridge penalty (> 0).
+
+    Example:
+        >>> z = torch.zeros(6, 1, 2, 2); z[:3, 0, 0, 0] = 1; z[3:, 0, 0, 1] = 1; z[:, 0, 1] = 1
+        >>> probe_accuracy(HeadFeatures(z, labels=[0, 0, 0, 1, 1, 1])).scores.tolist()
+        [[1.0, 0.0]]
+    """
+    what = "probe_accuracy"
+    if mode not in MODES:
+        raise SavlensError(f"{what}: mode must be one of {MODES}; got {mode!r}.")
+    if not alpha > 0:
+        raise SavlensError(f"{what}: alpha must be > 0; got {alpha!r}.")
+    enc = encode_labels(resolve_labels(features, labels, what), what=what)
+    x = _flat(head_matrix(features, what))
+    x = x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(EPS)
+    a = torch.cat([x, torch.ones(*x.shape[:2], 1, dtype=x.dtype)], dim=-1).transpose(0, 1)  # head example p
+    y = F.one_hot(enc.codes, enc.n_classes).to(x.dtype)
+    params: dict[str, Any] = {"alpha": alpha, "n_examples": features.n_examples}
+    if mode == "in_sample":
+        pred = _ridge_predict(a, y, a, alpha).argmax(-1)
+        correct = (pred == enc.codes).sum(-1)
+    elif mode == "loo":
+        correct = (_ridge_loo(a, y, alpha).argmax(-1) == enc.codes).sum(-1)
+    else:
+        params.update(n_folds=n_folds, seed=seed)
+        correct = _ridge_kfold_correct(a, y, enc.codes, stratified_folds(enc.codes, n_folds, seed), alpha)
+    table = (correct.double() / features.n_examples).reshape(features.n_layers, features.n_heads)
+    return HeadScores(table, "probe", mode, params, features.layers)
+
+
+# Fisher ratio ----------------------------------------------------------------------------------------
+
+
+@register_scorer("fisher")
+def fisher_ratio(
+    features: HeadFeatures, labels: Sequence[Hashable] | None = None, *, normalize: bool = True
+) -> HeadScores:
+    """Score every head by its Fisher ratio: between-class over within-class scatter.
+
+    ``between = sum_c n_c |mu_c - mu|^2`` and ``within = sum_i |x_i - mu_{y_i}|^2`` (traces of the scatter
+    matrices), computed from class sums in one pass. A head with zero within-class scatter scores ``inf``
+    (``0`` if it has no between-class scatter either). In-sample by nature: it has no ``mode``.
+
+    Args:
+        features: ``example layer head_index d_head`` head features.
+        labels: one label per example; None uses ``features.labels``.
+        normalize: unit-normalise each head vector first (cosine geometry, as the centroid criterion).
+
+    Example:
+        >>> z = torch.zeros(4, 1, 2, 2); z[:2, 0, 0, 0] = 1; z[2:, 0, 0, 1] = 1; z[:, 0, 1, 0] = 1
+        >>> z[0, 0, 1, 1] = 0.5
+        >>> fisher_ratio(HeadFeatures(z, labels=["a", "a", "b", "b"])).scores.round(decimals=3).tolist()
+        [[inf, 0.5]]
+    """
+    what = "fisher_ratio"
+    enc = encode_labels(resolve_labels(features, labels, what), what=what)
+    x = _flat(head_matrix(features, what))
+    if normalize:
+        x = x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(EPS)
+    counts = enc.counts.double()
+    sums = _class_sums(x, enc.codes, enc.n_classes)
+    total = sums.sum(0)
+    total_sq = torch.einsum("njd,njd->nj", x, x).double().sum(0)
+    class_sq = (torch.einsum("cjd,cjd->cj", sums, sums).double() / counts[:, None]).sum(0)
+    grand_sq = torch.einsum("jd,jd->j", total, total).double() / features.n_examples
+    between = (class_sq - grand_sq).clamp_min(0)
+    within = (total_sq - class_sq).clamp_min(0)
+    tiny = 1e-12 * total_sq.clamp_min(EPS)
+    ratio = torch.where(within > tiny, between / within.clamp_min(EPS), torch.where(between > tiny, torch.inf, 0.0))
+    table = ratio.reshape(features.n_layers, features.n_heads)
+    return HeadScores(table, "fisher", None, {"normalize": normalize}, features.layers)

@@ -1,0 +1,1 @@
+"""Frozen reference material for parity tests: no savlens imports here."""
