@@ -19,7 +19,7 @@ from savlens.example import Example
 from savlens.inputs import Batch
 from savlens.loading import Model
 from savlens.names import resolve, split_name
-from savlens.store import FeatureStore, open_store
+from savlens.store import FeatureStore, merge_ranks, open_store
 from savlens.tracing import trace
 
 _PER_HEAD = ("blocks.{l}.attn.hook_z", "blocks.{l}.attn.hook_result", "blocks.{l}.attn.hook_q")
@@ -63,6 +63,12 @@ def extract(
         prompt_template, chat, system_prompt: passed to :meth:`savlens.Batch.from_examples`.
         progress: show a progress bar.
 
+    Data-parallel: inside an initialised ``torch.distributed`` group (``torchrun``, ``accelerate launch``) each
+    rank runs every ``world_size``-th batch and writes its own shards and manifest into ``store``; when all
+    ranks are done, rank 0 merges the manifests, and every rank returns the full features. The merged store
+    equals a single-process one (the batches are the same). With ``device_map`` sharding, load the model with
+    ``savlens.load(..., device_map="auto")`` instead: one process drives all devices.
+
     Raises:
         InputError: no examples, duplicate ids, batch_size < 1.
         HookNameError: names that match no hook.
@@ -104,7 +110,14 @@ def extract(
         "layers": layers,
         "dtype": str(dtype).removeprefix("torch."),
     }
-    fs = FeatureStore(store, {**header, "order": ids}) if store is not None else None
+    rank, world = _distributed()
+    if world > 1 and store is None:
+        raise InputError(
+            "data-parallel extraction (torch.distributed with several ranks) needs store=: each rank "
+            "writes its shards of one store, merged when all ranks are done."
+        )
+    store_rank = rank if world > 1 else None
+    fs = FeatureStore(store, {**header, "order": ids}, rank=store_rank) if store is not None else None
     done = fs.done_ids if fs is not None else set()
     # sort by a cheap length proxy so a batch pads little (results are put back in the given order); the
     # batches are a function of the examples alone, so a resumed run batches exactly as an uninterrupted one
@@ -114,7 +127,9 @@ def extract(
     n_done = sum(1 for e in exs if e.id in done)
     bar = tqdm(total=len(exs), initial=n_done, desc="extract", unit="ex", disable=not progress)
     try:
-        for chunk in filter(None, chunks):
+        for i, chunk in enumerate(chunks):
+            if not chunk or i % world != rank:  # ranks take batches round-robin
+                continue
             z = _run_batch(model, chunk, concrete, template, positions, dtype, prompt_template, chat, system_prompt)
             if not torch.isfinite(z).all():
                 bad = [chunk[i].id for i in range(len(chunk)) if not torch.isfinite(z[i]).all()]
@@ -127,6 +142,14 @@ def extract(
             bar.update(len(chunk))
     finally:
         bar.close()
+    if fs is not None and world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        if rank == 0:
+            merge_ranks(fs.path, header, world, ids)
+        dist.barrier()
+        fs = FeatureStore(store, {**header, "order": ids})  # type: ignore[arg-type]
     if fs is not None:
         if fs.manifest.get("order") != ids and fs.done_ids == set(ids):
             fs.set_order(ids)
@@ -169,6 +192,15 @@ def _run_batch(
     if template in _PER_LAYER:
         z = z.unsqueeze(2)  # batch layer head_index=1 d_model
     return z
+
+
+def _distributed() -> tuple[int, int]:
+    """Return ``(rank, world_size)`` of an initialised torch.distributed group, else ``(0, 1)``."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def _with_id(e: Example, i: str) -> Example:

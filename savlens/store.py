@@ -34,17 +34,22 @@ MANIFEST = "manifest.json"
 class FeatureStore:
     """A feature store folder being written (see module docstring)."""
 
-    def __init__(self, path: str | os.PathLike[str], header: dict[str, Any]) -> None:
+    def __init__(self, path: str | os.PathLike[str], header: dict[str, Any], *, rank: int | None = None) -> None:
         self.path = Path(path)
+        self.rank = rank
+        self.manifest_name = MANIFEST if rank is None else f"manifest.rank{rank}.json"
+        self.shard_prefix = "shard-" if rank is None else f"shard-r{rank}-"
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise StoreError(f"cannot create the feature store folder {str(self.path)!r}: {e}.") from e
         if not os.access(self.path, os.W_OK):
             raise StoreError(f"the feature store folder {str(self.path)!r} is not writable.")
-        mf = self.path / MANIFEST
+        mf = self.path / self.manifest_name
+        if not mf.exists() and rank is not None and (self.path / MANIFEST).exists():
+            read_manifest(self.path)  # a rank joining a store: check it is one
         if mf.exists():
-            self.manifest = read_manifest(self.path)
+            self.manifest = read_manifest(self.path, self.manifest_name)
             theirs = {k: self.manifest.get(k) for k in header}
             theirs["order"] = header.get("order")  # a store may be extended with more examples
             if theirs != header:
@@ -60,7 +65,12 @@ class FeatureStore:
 
     @property
     def done_ids(self) -> set[str]:
-        return {i for s in self.manifest["shards"] for i in s["ids"]}
+        """Ids already in this store: in its manifest and, for a rank, in every other manifest of the folder."""
+        done = {i for s in self.manifest["shards"] for i in s["ids"]}
+        for other in sorted(self.path.glob("manifest*.json")):
+            if other.name != self.manifest_name:
+                done |= {i for s in read_manifest(self.path, other.name)["shards"] for i in s["ids"]}
+        return done
 
     def set_order(self, ids: list[str]) -> None:
         """Record the example order that :func:`open_store` returns (when the store holds exactly these ids)."""
@@ -70,7 +80,7 @@ class FeatureStore:
     def append(self, z: torch.Tensor, ids: list[str], labels: list[Any]) -> None:
         """Write one shard of examples and record it in the manifest."""
         n = len(self.manifest["shards"])
-        name = f"shard-{n:05d}.safetensors"
+        name = f"{self.shard_prefix}{n:05d}.safetensors"
         data = st_save({"z": z.contiguous()})
         try:
             atomic_write_bytes(self.path / name, data)
@@ -85,12 +95,31 @@ class FeatureStore:
             ) from e
 
     def _write_manifest(self) -> None:
-        atomic_write_bytes(self.path / MANIFEST, json.dumps(self.manifest, indent=1).encode())
+        atomic_write_bytes(self.path / self.manifest_name, json.dumps(self.manifest, indent=1).encode())
 
 
-def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
+def merge_ranks(path: str | os.PathLike[str], header: dict[str, Any], world_size: int, order: list[str]) -> None:
+    """Merge the per-rank manifests of a data-parallel extraction into the store's one manifest (rank 0 only).
+
+    The merged manifest lists the shards of the main manifest (an earlier run), then rank 0's, rank 1's, ...;
+    :func:`open_store` returns the examples in ``order`` whatever the shard order.
+    """
+    root = Path(path)
+    main = root / MANIFEST
+    merged = read_manifest(root) if main.exists() else {"format": FORMAT, "version": VERSION, **header, "shards": []}
+    for r in range(world_size):
+        name = f"manifest.rank{r}.json"
+        if (root / name).exists():
+            merged["shards"].extend(read_manifest(root, name)["shards"])
+    merged["order"] = order
+    atomic_write_bytes(main, json.dumps(merged, indent=1).encode())
+    for r in range(world_size):
+        (root / f"manifest.rank{r}.json").unlink(missing_ok=True)
+
+
+def read_manifest(path: str | os.PathLike[str], name: str = MANIFEST) -> dict[str, Any]:
     """Read and check a store's manifest."""
-    mf = Path(path) / MANIFEST
+    mf = Path(path) / name
     if not mf.is_file():
         raise StoreError(f"{str(path)!r} is not a feature store: it has no {MANIFEST}.")
     try:
