@@ -1,0 +1,87 @@
+"""Causal checks and attention shares on tiny models (mechanics) — real effect sizes are in docs/results.md."""
+
+import torch
+from conftest import tiny
+
+import savlens
+from savlens.causal import (
+    answer_scores,
+    attention_shares,
+    causal_validation,
+    matched_random_heads,
+    steer_to_class,
+    template_prefix_length,
+)
+from savlens.extraction import extract
+from savlens.heads import HeadSet
+from savlens.models.tiny import sample_images
+from savlens.sav import SAV
+
+ANSWERS = {"yes": "yes", "no": "no"}
+
+
+def _examples(n: int, seed: int, images: bool = True) -> list[savlens.Example]:
+    imgs = sample_images(n, seed=seed)
+    return [
+        savlens.Example(
+            "is there a red shape ?" + " please" * (i % 2),
+            images=[imgs[i]] if images else [],
+            label=["yes", "no"][i % 2],
+            id=f"c{seed}-{i}",
+        )
+        for i in range(n)
+    ]
+
+
+def test_matched_random_heads_keep_the_layer_distribution() -> None:
+    heads = HeadSet(["L0H1", "L0H2", "L2H3"])
+    for seed in range(5):
+        r = matched_random_heads(heads, n_heads=4, seed=seed)
+        assert sorted(h.layer for h in r) == [0, 0, 2]
+        assert not set(r) & set(heads)
+    assert matched_random_heads(heads, 4, 1) == matched_random_heads(heads, 4, 1)
+
+
+def test_answer_scores_match_a_plain_forward() -> None:
+    model = tiny("llama")
+    exs = _examples(5, 0, images=False)
+    s = answer_scores(model, exs, ANSWERS, batch_size=2)
+    yes, no = (model.tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in ("yes", "no"))
+    batch = savlens.Batch.from_examples(model, exs)
+    with torch.no_grad():
+        lp = torch.log_softmax(model.hf(**batch.inputs).logits[:, -1], -1)
+    want = [("yes" if lp[i, yes] >= lp[i, no] else "no") for i in range(5)]
+    assert s.predicted == want
+    right = torch.tensor([yes if e.label == "yes" else no for e in exs])
+    torch.testing.assert_close(s.logprob, lp.gather(1, right[:, None])[:, 0], atol=1e-5, rtol=1e-5)
+
+
+def test_causal_validation_and_steering_run_and_move_the_answer() -> None:
+    model = tiny("qwen2_vl")
+    train, test = _examples(8, 0), _examples(6, 1)
+    feats = extract(model, train, progress=False)
+    sav = SAV(k=4).fit(feats)
+    rep = causal_validation(sav, model, test, ANSWERS, means=feats, n_random=2, batch_size=3)
+    s = rep.summary()
+    assert s["k"] == 4 and s["n_seeds"] == 2
+    assert rep.baseline.logprob.shape == (6,)
+    assert s["delta_logprob"]["sav_heads"] != 0.0  # ablating 4 of 12 heads moves a random model's answer
+    steer = steer_to_class(sav, model, test, ANSWERS, "yes", batch_size=3)
+    assert 0.0 <= steer.share_after <= 1.0 and steer.delta_logprob != 0.0
+
+
+def test_attention_shares_sum_to_one_and_find_the_template() -> None:
+    model = tiny("llava_onevision")
+    exs = _examples(3, 2)
+    exs.append(savlens.Example("hello", id="text-only"))
+    n_prefix = template_prefix_length(model)
+    assert n_prefix > 0
+    two = savlens.Batch.from_examples(model, [savlens.Example("0"), savlens.Example("1", id="1")]).input_ids
+    assert torch.equal(two[0, :n_prefix], two[1, :n_prefix]) and two[0, n_prefix] != two[1, n_prefix]
+    shares = attention_shares(model, exs, ["L1H0", "L2H3"], batch_size=2)
+    total = shares.image + shares.text + shares.system
+    torch.testing.assert_close(total, torch.ones_like(total), atol=1e-5, rtol=1e-5)
+    assert torch.all(shares.image[-1] == 0)  # the text-only row has no image tokens
+    assert shares.image[:3].min() > 0
+    assert model.attn_implementation == "sdpa"  # restored after the call
+    assert set(shares.mean()) == {"L1H0", "L2H3"}
