@@ -83,7 +83,8 @@ def answer_scores(
     for e in examples:
         if e.label not in tok:
             raise InputError(f"example {e.id!r} has label {e.label!r}, which has no answer in {list(answers)}.")
-    logps, preds = [], []
+    logps: list[Tensor] = []
+    preds: list[Hashable] = []
     for start in range(0, len(examples), batch_size):
         chunk = list(examples[start : start + batch_size])
         batch = Batch.from_examples(model, chunk, **batch_options)
