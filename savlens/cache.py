@@ -153,6 +153,11 @@ class HeadFeatures:
         if not isinstance(self.z, Tensor) or self.z.ndim != 4:
             shape = tuple(self.z.shape) if isinstance(self.z, Tensor) else type(self.z).__name__
             raise FeatureError(f"HeadFeatures.z must be a 4-d tensor [example layer head_index d_head]; got {shape}.")
+        if self.z.is_meta:
+            raise FeatureError(
+                "HeadFeatures.z is on the meta device (a shape without data); extract features from a model whose "
+                "weights are loaded, or move them to a real device first."
+            )
         n = self.z.shape[0]
         if self.layers is None:
             self.layers = tuple(range(self.z.shape[1]))

@@ -70,6 +70,12 @@ class LoadError(SavlensError):
     page = "load-error"
 
 
+class ArgumentError(SavlensError, ValueError):
+    """An argument value the call cannot take: k = 0, a device that does not exist, a non-float dtype."""
+
+    page = "argument-error"
+
+
 class LabelError(SavlensError, ValueError):
     """Labels that do not fit the method: one class, an empty class, mixed types, wrong count."""
 
@@ -89,6 +95,7 @@ class StoreError(SavlensError):
 
 
 __all__ = [
+    "ArgumentError",
     "BatchMismatchError",
     "FeatureError",
     "HookNameError",

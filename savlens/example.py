@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from savlens.errors import InputError
@@ -41,10 +42,28 @@ class Example:
 
     def __post_init__(self) -> None:
         if not isinstance(self.text, str):
-            raise InputError(f"Example.text must be a str; got {type(self.text).__name__}.")
+            raise InputError(f"Example.text must be a str; got {type(self.text).__name__}. Convert it with str(...).")
         if isinstance(self.images, (Image.Image, str, os.PathLike)):
             self.images = [self.images]
-        self.images = list(self.images)
+        try:
+            self.images = list(self.images)
+        except TypeError:
+            raise InputError(
+                f"Example.images must be a list of PIL images or image paths; got {type(self.images).__name__}."
+            ) from None
+        for i, im in enumerate(self.images):
+            if not isinstance(im, (Image.Image, str, os.PathLike)):
+                raise InputError(
+                    f"image {i} of example {self.id!r} is a {type(im).__name__}; give a PIL image or a path to an "
+                    "image file (convert an array with PIL.Image.fromarray)."
+                )
+        if self.messages is not None and not (
+            isinstance(self.messages, list | tuple) and all(isinstance(m, dict) for m in self.messages)
+        ):
+            raise InputError(
+                f"Example.messages must be a list of dicts ({{'role': ..., 'content': ...}}); "
+                f"got {type(self.messages).__name__}."
+            )
         if self.id is not None:
             self.id = str(self.id)
 
@@ -52,23 +71,81 @@ class Example:
     def n_images(self) -> int:
         return len(self.images)
 
-    def load_images(self) -> list[Image.Image]:
-        """Return the images as RGB PIL images, opening paths; raise :class:`InputError` on a bad file."""
+    def load_images(self, example_id: str | None = None) -> list[Image.Image]:
+        """Return the images as RGB PIL images, opening paths; raise :class:`InputError` on a bad file.
+
+        Conversions (docs/errors/input-error.md): grey, palette and CMYK images are converted to RGB;
+        transparency is composited onto white (as the HF image processors do); 16-bit images (PIL modes
+        ``I;16*`` and ``I``) are scaled from 0..65535 to 0..255. Refused: floating-point images (mode ``F``,
+        unknown range), images with a zero side, and images over ``PIL.Image.MAX_IMAGE_PIXELS`` pixels
+        (checked from the file header, before decoding; set that to None to lift the limit).
+
+        Args:
+            example_id: the id to name in messages (default ``self.id``).
+        """
+        who = example_id if example_id is not None else self.id
         out = []
         for i, im in enumerate(self.images):
+            where = f"image {i} of example {who!r}"
             if not isinstance(im, Image.Image):
                 path = Path(im)
                 if not path.is_file():
-                    raise InputError(f"image {i} of example {self.id!r}: no file at {str(path)!r}.")
+                    raise InputError(f"{where}: no file at {str(path)!r}; check the path (and the data file's root).")
                 try:
                     with Image.open(path) as f:
+                        _check_size(f, f"{where} ({str(path)!r})")
                         f.load()
                         im = f.copy()
+                except InputError:
+                    raise
+                except Image.DecompressionBombError as e:
+                    raise InputError(
+                        f"{where}: {str(path)!r} is too large to decode safely ({e}); downscale it first (or raise "
+                        "PIL.Image.MAX_IMAGE_PIXELS if you trust the file)."
+                    ) from e
                 except Exception as e:  # PIL raises many types on corrupt files
                     raise InputError(
-                        f"image {i} of example {self.id!r}: cannot read {str(path)!r} as an image ({e})."
+                        f"{where}: cannot read {str(path)!r} as an image ({e}); the file is corrupt, truncated or "
+                        "not an image. Re-save or re-download it, or drop this example."
                     ) from e
-            if im.mode != "RGB":
-                im = im.convert("RGB")
-            out.append(im)
+            else:
+                _check_size(im, where)
+            out.append(_to_rgb(im, where))
         return out
+
+
+def _check_size(im: Image.Image, where: str) -> None:
+    w, h = im.size
+    if w < 1 or h < 1:
+        raise InputError(
+            f"{where} is {w}x{h} pixels: an image needs at least one pixel on each side; drop or replace it."
+        )
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and w * h > limit:
+        raise InputError(
+            f"{where} is {w}x{h} = {w * h:,} pixels, over the limit of {int(limit):,} "
+            "(PIL.Image.MAX_IMAGE_PIXELS); the processor would shrink it anyway: downscale it first "
+            "(or raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file)."
+        )
+
+
+def _to_rgb(im: Image.Image, where: str) -> Image.Image:
+    """Convert to RGB: transparency onto white, 16-bit scaled to 8-bit, floating-point refused."""
+    if im.mode == "RGB":
+        return im
+    if im.mode == "F":
+        raise InputError(
+            f"{where} is a floating-point image (PIL mode 'F') whose value range is unknown; convert it to "
+            "8-bit yourself (e.g. Image.fromarray(np.uint8(255 * x)))."
+        )
+    if im.mode == "I" or im.mode.startswith("I;16"):
+        arr = np.asarray(im).astype(np.float64).clip(0, 65535)
+        im = Image.fromarray(np.round(arr / 257.0).astype(np.uint8), "L")
+    if "A" in im.getbands() or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    try:
+        return im.convert("RGB")
+    except ValueError as e:
+        raise InputError(f"{where}: PIL cannot convert mode {im.mode!r} to RGB ({e}); convert it yourself.") from e

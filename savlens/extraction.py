@@ -20,7 +20,7 @@ from savlens.inputs import Batch
 from savlens.loading import Model
 from savlens.names import resolve, split_name
 from savlens.store import FeatureStore, merge_ranks, open_store
-from savlens.tracing import trace
+from savlens.tracing import check_device_dtype, trace
 
 _PER_HEAD = ("blocks.{l}.attn.hook_z", "blocks.{l}.attn.hook_result", "blocks.{l}.attn.hook_q")
 _PER_LAYER = (
@@ -82,6 +82,7 @@ def extract(
     for i, e in enumerate(exs):
         if not isinstance(e, Example):
             raise InputError(f"example {i} is a {type(e).__name__}; give savlens.Example objects or strings.")
+    check_device_dtype(None, dtype, "savlens.extract")
     if isinstance(positions, bool) or not (positions == "last" or isinstance(positions, int)):
         raise InputError(f"extract reads one position per example: 'last' or an int index; got {positions!r}.")
     concrete = resolve(names, model.n_layers, model.multimodal)

@@ -19,7 +19,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from savlens.errors import FeatureError, SavlensError
+from savlens.errors import ArgumentError, FeatureError, SavlensError
 
 _HEAD_RE = re.compile(r"^\s*L(\d+)\s*H(\d+)\s*$", re.IGNORECASE)
 
@@ -312,10 +312,13 @@ class HeadScores:
     def _check_k(self, k: int) -> None:
         total = self.scores.numel()
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-            raise SavlensError(f"k must be a positive int (the number of heads to keep); got {k!r}.")
+            raise ArgumentError(
+                f"k must be a positive int (the number of heads to keep); got {k!r}. Pass k between 1 and {total}."
+            )
         if k > total:
             raise FeatureError(
-                f"k={k} is larger than the {self.n_layers} x {self.n_heads} = {total} heads of these scores."
+                f"k={k} is larger than the {self.n_layers} x {self.n_heads} = {total} heads of these scores; "
+                f"pass k <= {total}."
             )
 
     def order(self, *, seed: int = 0) -> np.ndarray:

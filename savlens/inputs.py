@@ -122,7 +122,7 @@ class Batch:
         """
         exs = [Example(e) if isinstance(e, str) else e for e in examples]
         if not exs:
-            raise InputError("Batch.from_examples got no examples.")
+            raise InputError("Batch.from_examples got no examples; pass at least one savlens.Example or string.")
         for i, e in enumerate(exs):
             if not isinstance(e, Example):
                 raise InputError(f"example {i} is a {type(e).__name__}; give savlens.Example objects or strings.")
@@ -140,10 +140,12 @@ class Batch:
                     "is a text-only language model; drop the images or load a vision-language model."
                 )
             if not e.text.strip() and not e.n_images and e.messages is None:
-                raise InputError(f"example {ids[i]!r} is empty (no text, no image).")
+                raise InputError(
+                    f"example {ids[i]!r} is empty (no text, no image); give it text or an image, or drop it."
+                )
             text = _apply_template(prompt_template, e, ids[i])
             prompts.append(model.render(e, text, chat=chat, system_prompt=system_prompt))
-            row_images = e.load_images()
+            row_images = e.load_images(ids[i])
             if row_images:
                 images.append(row_images)
         enc = model.encode(prompts, images, padding_side=padding_side)

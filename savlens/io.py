@@ -27,17 +27,23 @@ PathLike = str | os.PathLike[str]
 def _atomic_write(path: PathLike, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)`` for a temp file next to ``path``, fsync it, then rename it onto ``path``."""
     dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = None
     try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+        os.close(fd)
         write(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, dest)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):  # a full disk (ENOSPC), a read-only or missing folder, no permission
+            raise StoreError(
+                f"cannot write {str(dest)!r} ({e.strerror or e}); free disk space or choose a writable folder. "
+                f"{'The file there is unchanged.' if dest.exists() else 'Nothing was written.'}"
+            ) from e
         raise
 
 
@@ -89,8 +95,10 @@ def read_json(path: PathLike) -> Any:
             return json.load(fh)
     except FileNotFoundError:
         raise StoreError(f"{os.fspath(path)!r} does not exist.") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise StoreError(f"{os.fspath(path)!r} is not valid JSON ({e}).") from None
+    except (OSError, ValueError) as e:  # a folder in the way, a file in place of a folder, huge numbers
+        raise StoreError(f"cannot read {os.fspath(path)!r} as JSON ({type(e).__name__}: {e}).") from None
 
 
 def write_tensors(path: PathLike, tensors: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None) -> str:
@@ -119,10 +127,13 @@ def read_tensors(path: PathLike, *, sha256: str | None = None) -> dict[str, Tens
             written), or it is not a valid safetensors file.
     """
     name = os.fspath(path)
-    if not os.path.exists(name):
+    if not os.path.isfile(name):
         raise StoreError(f"tensor file {name!r} does not exist.")
     if sha256 is not None:
-        actual = sha256_file(name)
+        try:
+            actual = sha256_file(name)
+        except OSError as e:
+            raise StoreError(f"cannot read tensor file {name!r} ({e.strerror or e}).") from None
         if actual != sha256:
             raise StoreError(
                 f"tensor file {name!r} has SHA-256 {actual[:16]}... but its manifest records {sha256[:16]}...; "
@@ -130,8 +141,11 @@ def read_tensors(path: PathLike, *, sha256: str | None = None) -> dict[str, Tens
             )
     try:
         return load_file(name)
-    except (SafetensorError, OSError, ValueError) as e:
-        raise StoreError(f"tensor file {name!r} is not a valid safetensors file ({e}).") from None
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise StoreError(
+            f"tensor file {name!r} is not a valid safetensors file ({e}); it is corrupt or not a savlens file. "
+            "Re-create it."
+        ) from None
 
 
 def json_safe(value: Any) -> Any:

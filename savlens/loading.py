@@ -135,13 +135,14 @@ class Model:
             if tok_id != img_id:
                 raise InputError(
                     f"the processor does not match {self.family} model {self.model_id!r}: its image token "
-                    f"{token!r} has id {tok_id} but the model's config expects image-token id {img_id}."
+                    f"{token!r} has id {tok_id} but the model's config expects image-token id {img_id}. Pass the "
+                    "processor saved with this checkpoint (AutoProcessor.from_pretrained of the same name)."
                 )
         vocab = self.sizes.d_vocab
         if len(tok) > vocab:
             raise InputError(
                 f"the tokenizer does not match model {self.model_id!r}: it has {len(tok)} tokens but the model's "
-                f"embedding has {vocab} rows."
+                f"embedding has {vocab} rows. Pass the tokenizer saved with this checkpoint."
             )
 
     def _fingerprint(self) -> str:
@@ -201,7 +202,10 @@ class Model:
         except InputError:
             raise
         except Exception as e:
-            raise InputError(f"the processor of {self.model_id!r} failed to encode the batch: {e}") from e
+            raise InputError(
+                f"the processor of {self.model_id!r} failed to encode the batch: {e}. Check this batch's images "
+                "(size, aspect ratio) and texts, or drop the example."
+            ) from e
         finally:
             tok.padding_side = old_side
         enc.pop("token_type_ids", None)

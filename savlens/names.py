@@ -173,32 +173,50 @@ def all_names(n_layers: int, multimodal: bool = True) -> list[str]:
     return out
 
 
+#: the widest layer range a brace set may span (no model has more layers; keeps a typo from building a huge regex)
+MAX_LAYER_RANGE = 10_000
+
+
+def _layer_set(body: str, pattern: str) -> list[tuple[int, int]]:
+    """Parse the inside of a ``{0-3}`` / ``{1,4}`` layer set into ``(first, last)`` ranges."""
+    ranges: list[tuple[int, int]] = []
+    for part in body.split(","):
+        part = part.strip()
+        if re.fullmatch(r"[0-9]{1,9}-[0-9]{1,9}", part):
+            a, b = (int(x) for x in part.split("-"))
+        elif re.fullmatch(r"[0-9]{1,9}", part):
+            a = b = int(part)
+        else:
+            raise HookNameError(f"bad layer set {{{body}}} in {pattern!r}; use {{0-3}} or {{0,5,9}}.")
+        if b < a or b - a >= MAX_LAYER_RANGE:
+            raise HookNameError(
+                f"bad layer range {{{part}}} in {pattern!r}: write it low to high, e.g. {{0-3}}, spanning fewer "
+                f"than {MAX_LAYER_RANGE} layers."
+            )
+        ranges.append((a, b))
+    return ranges
+
+
 def _expand_braces(pattern: str) -> str:
     """Turn ``{0-3}`` / ``{1,4}`` layer sets into regex alternations."""
 
     def repl(m: re.Match[str]) -> str:
-        items: list[str] = []
-        for part in m.group(1).split(","):
-            part = part.strip()
-            if re.fullmatch(r"\d+-\d+", part):
-                a, b = (int(x) for x in part.split("-"))
-                items.extend(str(i) for i in range(a, b + 1))
-            elif part.isdigit():
-                items.append(part)
-            else:
-                raise HookNameError(f"bad layer set {{{m.group(1)}}} in {pattern!r}; use {{0-3}} or {{0,5,9}}.")
+        items = [str(i) for a, b in _layer_set(m.group(1), pattern) for i in range(a, b + 1)]
         return "\x00(?:" + "|".join(items) + ")\x00"
 
     return re.sub(r"\{([^}]*)\}", repl, pattern)
 
 
 def _pattern_regex(pattern: str) -> re.Pattern[str]:
+    if "\x00" in pattern or "\x01" in pattern:
+        raise HookNameError(f"hook pattern {pattern!r} holds control characters; hook names never do.")
     expanded = _expand_braces(pattern)
     out = []
     for piece in re.split(r"(\x00[^\x00]*\x00)", expanded):
         if piece.startswith("\x00"):
             out.append(piece.strip("\x00"))
             continue
+        piece = re.sub(r"\*{3,}", "**", piece)  # runs of wildcards would make the regex backtrack exponentially
         piece = re.escape(piece).replace(r"\*\*", "\x01").replace(r"\*", r"[^.]+").replace("\x01", ".+")
         out.append(piece)
     return re.compile("^" + "".join(out) + "$")
@@ -232,11 +250,20 @@ def resolve(patterns: str | Sequence[str], n_layers: int, multimodal: bool = Tru
     """
     if isinstance(patterns, str):
         patterns = [patterns]
+    if not isinstance(patterns, Sequence) or not patterns:
+        raise HookNameError(f"give a hook name, a pattern or a list of them; got {patterns!r}.")
     valid = all_names(n_layers, multimodal)
     chosen: set[str] = set()
     for pat in patterns:
         if not isinstance(pat, str) or not pat:
             raise HookNameError(f"hook names must be non-empty strings; got {pat!r}.")
+        for body in re.findall(r"\{([^}]*)\}", pat):
+            last = max(b for _, b in _layer_set(body, pat))
+            if last >= n_layers:
+                raise HookNameError(
+                    f"layer {last} in {pat!r} is out of range: this model has {n_layers} layers "
+                    f"(blocks.0 .. blocks.{n_layers - 1})."
+                )
         hits = match_saved(pat, valid)
         if not hits:
             raise HookNameError(_no_match_message(pat, n_layers, multimodal, valid))
@@ -246,7 +273,7 @@ def resolve(patterns: str | Sequence[str], n_layers: int, multimodal: bool = Tru
 
 def _no_match_message(pat: str, n_layers: int, multimodal: bool, valid: list[str]) -> str:
     m = _NAME_RE.match(pat)
-    if m and not is_pattern(pat):
+    if m and not is_pattern(pat) and len(m.group(1)) < 10:
         layer, rest = int(m.group(1)), m.group(2)
         template = f"blocks.{{l}}.{rest}"
         if template in _BY_TEMPLATE and layer >= n_layers:
@@ -255,7 +282,10 @@ def _no_match_message(pat: str, n_layers: int, multimodal: bool, valid: list[str
                 f"(blocks.0 .. blocks.{n_layers - 1})."
             )
     if pat.startswith("vision_") and not multimodal:
-        return f"{pat!r} needs a vision tower, and this model is a text-only language model."
+        return (
+            f"{pat!r} needs a vision tower, and this model is a text-only language model; drop this hook or load a "
+            "vision-language model."
+        )
     # suggest on the template level (so a typo in any layer is caught), then concretise
     layer_of = m.group(1) if m else None
     templates = [h.template for h in HOOKS if multimodal or not h.template.startswith("vision_")]

@@ -69,9 +69,14 @@ def select_positions(batch: "Batch", positions: Positions) -> Selection:
     if isinstance(positions, int):
         positions = [positions]
     try:
-        rel = torch.as_tensor(list(positions) if not isinstance(positions, Tensor) else positions, dtype=torch.long)
-    except (TypeError, ValueError):
+        raw = torch.as_tensor(list(positions) if not isinstance(positions, Tensor) else positions)
+    except (TypeError, ValueError, RuntimeError, OverflowError):
         raise PositionError(f"positions must be one of {_NAMED} or a list of ints; got {positions!r}.") from None
+    if raw.numel() and (raw.is_floating_point() or raw.is_complex() or raw.dtype == torch.bool):
+        raise PositionError(
+            f"positions must be whole token indices (ints); got {positions!r}. Use e.g. [0, -1], or 'last'."
+        )
+    rel = raw.long()
     if rel.ndim != 1 or rel.numel() == 0:
         raise PositionError(f"positions must be a non-empty 1-d list of ints; got shape {tuple(rel.shape)}.")
     lo, hi = int(rel.min()), int(rel.max())

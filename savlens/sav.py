@@ -19,7 +19,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from savlens.cache import HeadFeatures
-from savlens.errors import FeatureError, LabelError, SavlensError, StoreError
+from savlens.errors import ArgumentError, FeatureError, LabelError, SavlensError, StoreError
 from savlens.heads import Head, HeadScores, HeadSet
 from savlens.io import json_safe, read_json, read_tensors, write_json, write_tensors
 from savlens.pipeline import as_features, remembered
@@ -208,12 +208,15 @@ class SAV:
     # fitting ---------------------------------------------------------------------------------------
     def _check_k(self, features: HeadFeatures, what: str) -> None:
         if not _is_positive_int(self.k):
-            raise SavlensError(f"{what}: k must be a positive int (the number of heads to keep); got {self.k!r}.")
+            raise ArgumentError(
+                f"{what}: k must be a positive int (the number of heads to keep); got {self.k!r}. "
+                f"Pass k between 1 and layer x head_index = {features.n_layers * features.n_heads} (paper: 20)."
+            )
         total = features.n_layers * features.n_heads
         if self.k > total:
             raise FeatureError(
                 f"{what}: k={self.k} is larger than the {features.n_layers} x {features.n_heads} = {total} "
-                "heads of these features."
+                f"heads of these features; pass k <= {total}."
             )
 
     def fit(self, features: Any, labels: Any = None, **extract_options: Any) -> "SAV":
@@ -303,7 +306,8 @@ class SAV:
             diffs.append(f"layers {missing} of the selected heads are not in these features")
         if diffs:
             raise FeatureError(
-                f"{what}: these features do not match the features this SAV was fitted on ({'; '.join(diffs)})."
+                f"{what}: these features do not match the features this SAV was fitted on ({'; '.join(diffs)}). "
+                "Extract them with the same model, hook and positions as the training features."
             )
 
     def head_vectors(self, features: HeadFeatures) -> Float[Tensor, "example k d_head"]:
@@ -311,7 +315,7 @@ class SAV:
         self._check_fitted("SAV.head_vectors")
         self._check_source(features, "SAV.head_vectors")
         x = gather_heads(features, self.heads_, "SAV.head_vectors", upcast=not self.reference)
-        return x.to(self.centroids_.dtype)
+        return x.to(device=self.centroids_.device, dtype=self.centroids_.dtype)
 
     def _features(self, data: Any, examples_or_labels: Any, what: str, options: dict[str, Any]) -> Any:
         """Features from features, or from (model, examples) reading only the selected heads' layers."""
@@ -337,7 +341,7 @@ class SAV:
         tied = counts == counts.max(dim=-1, keepdim=True).values
         if self.reference:  # Counter.most_common: among tied labels, the one voted first
             k = votes.shape[1]
-            rank = torch.arange(k)[None, :, None].expand_as(onehot)
+            rank = torch.arange(k, device=votes.device)[None, :, None].expand_as(onehot)
             first = torch.where(onehot.bool(), rank, k).min(dim=1).values
             winners = torch.where(tied, first, k + 1).argmin(dim=-1)
         else:  # highest summed cosine similarity among tied classes, then classes_ order
@@ -378,7 +382,9 @@ class SAV:
         self._check_fitted("SAV.save")
         folder = Path(path)
         if folder.exists() and not folder.is_dir():
-            raise StoreError(f"SAV.save: {str(folder)!r} exists and is not a folder.")
+            raise StoreError(
+                f"SAV.save: {str(folder)!r} exists and is not a folder; give a new or existing folder path."
+            )
         tensors = {"centroids": self.centroids_}
         if self.scores_ is not None:
             tensors["scores"] = self.scores_.scores
@@ -429,6 +435,12 @@ class SAV:
                 that does not match.
         """
         folder = Path(path)
+        if not folder.is_dir():
+            there = "it is a file" if folder.exists() else "it does not exist"
+            raise StoreError(
+                f"SAV.load: {str(folder)!r} is not a saved SAV ({there}); SAV.save writes a folder holding "
+                "manifest.json and tensors.safetensors. Give the path of that folder."
+            )
         manifest = read_json(folder / "manifest.json")
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise StoreError(f"SAV.load: {str(folder)!r} does not hold a saved SAV (format != {FORMAT!r}).")
@@ -444,13 +456,27 @@ class SAV:
             class_type = manifest["class_type"]
             info = manifest["tensors"]
             params = manifest["params"]
-        except (KeyError, TypeError, SavlensError) as e:
-            raise StoreError(f"SAV.load: the manifest in {str(folder)!r} is incomplete or invalid ({e}).") from None
+            file, digest, d_head = info["file"], info["sha256"], source["d_head"]
+            if not (isinstance(params, dict) and isinstance(file, str) and isinstance(digest, str)):
+                raise TypeError("params, tensors.file and tensors.sha256 must be an object and strings")
+            meta = manifest.get("scores")
+            if meta is not None:
+                score_args = (meta["criterion"], meta["mode"], meta["params"], tuple(meta["layers"]))
+        except (KeyError, TypeError, ValueError, SavlensError) as e:
+            raise StoreError(
+                f"SAV.load: the manifest in {str(folder)!r} is incomplete or invalid ({type(e).__name__}: {e}); "
+                "it was edited or not written by SAV.save. Re-fit and save the SAV."
+            ) from None
+        if not file or Path(file).name != file or file.startswith("."):
+            raise StoreError(
+                f"SAV.load: the manifest in {str(folder)!r} names a tensor file {file!r} outside its folder; it was "
+                "edited, and savlens reads only files inside the SAV's folder. Re-save the SAV."
+            )
         if expect is not None:
             _check_expect(source, heads, expect)
-        tensors = read_tensors(folder / info["file"], sha256=info["sha256"])
+        tensors = read_tensors(folder / file, sha256=digest)
         centroids = tensors.get("centroids")
-        if centroids is None or list(centroids.shape) != [len(heads), len(classes), source["d_head"]]:
+        if centroids is None or list(centroids.shape) != [len(heads), len(classes), d_head]:
             raise StoreError(f"SAV.load: the centroids in {str(folder)!r} do not match the manifest.")
         if {type(c).__name__ for c in classes} != {class_type}:
             raise StoreError(f"SAV.load: the classes {classes!r} are not all of type {class_type!r}.")
@@ -458,12 +484,15 @@ class SAV:
         sav = cls(**{key: value for key, value in params.items() if key in known})
         sav.heads_, sav.centroids_, sav.classes_ = heads, centroids, classes
         sav.class_type_, sav.source_ = class_type, source
-        meta = manifest.get("scores")
         sav.scores_ = None
         if meta is not None and "scores" in tensors:
-            sav.scores_ = HeadScores(
-                tensors["scores"], meta["criterion"], meta["mode"], meta["params"], tuple(meta["layers"])
-            )
+            try:
+                sav.scores_ = HeadScores(tensors["scores"], *score_args)
+            except SavlensError as e:
+                raise StoreError(
+                    f"SAV.load: the head scores in {str(folder)!r} do not match the manifest ({e.detail}). "
+                    "Re-save the SAV."
+                ) from None
         return sav
 
 
@@ -532,4 +561,7 @@ def _check_expect(source: Mapping[str, Any], heads: HeadSet, expect: "HeadFeatur
         if missing:
             diffs.append(f"the saved heads need layers {missing}, which the expected features do not hold")
     if diffs:
-        raise StoreError(f"SAV.load: the saved SAV was fitted on other features ({'; '.join(diffs)}).")
+        raise StoreError(
+            f"SAV.load: the saved SAV was fitted on other features ({'; '.join(diffs)}). Use it with features of "
+            "the model, hook, positions and template it was fitted on, or re-fit it on these."
+        )

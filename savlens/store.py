@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import save as st_save
 
 from savlens.cache import HeadFeatures
-from savlens.errors import StoreError
+from savlens.errors import SavlensError, StoreError
 from savlens.io import sha256_bytes as sha256
 from savlens.io import write_bytes as atomic_write_bytes
 
@@ -42,9 +42,15 @@ class FeatureStore:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise StoreError(f"cannot create the feature store folder {str(self.path)!r}: {e}.") from e
+            raise StoreError(
+                f"cannot create the feature store folder {str(self.path)!r} ({e.strerror or e}); give a path where a "
+                "folder can be created (a new one, or an existing store of this extraction)."
+            ) from e
         if not os.access(self.path, os.W_OK):
-            raise StoreError(f"the feature store folder {str(self.path)!r} is not writable.")
+            raise StoreError(
+                f"the feature store folder {str(self.path)!r} is not writable; fix its permissions or give another "
+                "folder."
+            )
         mf = self.path / self.manifest_name
         if not mf.exists() and rank is not None and (self.path / MANIFEST).exists():
             read_manifest(self.path)  # a rank joining a store: check it is one
@@ -86,12 +92,15 @@ class FeatureStore:
             atomic_write_bytes(self.path / name, data)
             self.manifest["shards"].append({"file": name, "ids": ids, "labels": labels, "sha256": sha256(data)})
             self._write_manifest()
-        except OSError as e:
+        except (OSError, StoreError) as e:
             if self.manifest["shards"] and self.manifest["shards"][-1]["file"] == name:
                 self.manifest["shards"].pop()
+            cause = e.__cause__ if isinstance(e, StoreError) and isinstance(e.__cause__, OSError) else e
+            why = cause.strerror if isinstance(cause, OSError) and cause.strerror else cause
             raise StoreError(
-                f"cannot write to the feature store {str(self.path)!r} ({e.strerror or e}); the store keeps the "
-                f"{n} shards written before, and the extraction resumes from there once there is space."
+                f"cannot write to the feature store {str(self.path)!r} ({why}); the store keeps the "
+                f"{n} shards written before, and the extraction resumes from there once there is space "
+                "(free disk space or make the folder writable, then run the same extract again)."
             ) from e
 
     def _write_manifest(self) -> None:
@@ -130,12 +139,42 @@ def read_manifest(path: str | os.PathLike[str], name: str = MANIFEST) -> dict[st
         raise StoreError(f"{str(mf)!r} is not a savlens feature-store manifest.")
     if manifest.get("version") != VERSION:
         raise StoreError(f"feature store version {manifest.get('version')} is not supported (this savlens: {VERSION}).")
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise StoreError(
+            f"the manifest {str(mf)!r} is incomplete or invalid ({problem}): it was edited or not written by "
+            "savlens. Re-extract into a new store folder."
+        )
     return manifest
 
 
+def _manifest_problem(manifest: dict[str, Any]) -> str | None:
+    """Return what is wrong with a manifest's fields (None when they have the types savlens writes)."""
+    for key, kind in (("model_id", str), ("hook", str), ("layers", list), ("shards", list)):
+        if not isinstance(manifest.get(key), kind):
+            return f"{key!r} is missing or not a {kind.__name__}"
+    if not all(isinstance(x, int) and not isinstance(x, bool) for x in manifest["layers"]):
+        return "'layers' must be a list of ints"
+    for k, shard in enumerate(manifest["shards"]):
+        if not isinstance(shard, dict):
+            return f"shard {k} is not an object"
+        for key, kind in (("file", str), ("ids", list), ("labels", list), ("sha256", str)):
+            if not isinstance(shard.get(key), kind):
+                return f"shard {k}: {key!r} is missing or not a {kind.__name__}"
+        if not all(isinstance(i, str) for i in shard["ids"]):
+            return f"shard {k}: ids must be strings"
+    order = manifest.get("order")
+    if order is not None and not (isinstance(order, list) and all(isinstance(i, str) for i in order)):
+        return "'order' must be a list of id strings"
+    return None
+
+
 def _shard_path(root: Path, name: Any) -> Path:
-    if not isinstance(name, str) or Path(name).name != name or name.startswith("."):
-        raise StoreError(f"the manifest of {str(root)!r} names a shard {name!r} outside the store folder.")
+    if not isinstance(name, str) or not name or Path(name).name != name or name.startswith("."):
+        raise StoreError(
+            f"the manifest of {str(root)!r} names a shard {name!r} outside the store folder; savlens reads only "
+            "files inside it, so the manifest was edited. Re-extract into a new store folder."
+        )
     return root / name
 
 
@@ -144,24 +183,34 @@ _ST_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "BF16": N
 
 def _mmap_tensor(path: Path, key: str = "z") -> torch.Tensor:
     """Memory-map one tensor of a safetensors file (read-only, zero-copy for float32/16/64)."""
+    size = path.stat().st_size
     with open(path, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
-        if n <= 0 or n > 100_000_000:
-            raise StoreError(f"{str(path)!r} is not a safetensors file (bad header length).")
-        header = json.loads(f.read(n))
-    info = header.get(key)
-    if not isinstance(info, dict):
-        raise StoreError(f"{str(path)!r} holds no tensor {key!r}.")
-    start, end = info["data_offsets"]
-    shape = tuple(info["shape"])
-    np_dtype = _ST_DTYPES.get(info["dtype"], "missing")
+        if n <= 0 or n > min(100_000_000, size - 8):
+            raise StoreError(f"{str(path)!r} is not a safetensors file (bad header length); the shard is corrupt.")
+        try:
+            header = json.loads(f.read(n))
+            info = header[key]
+            start, end = (int(x) for x in info["data_offsets"])
+            shape = tuple(int(x) for x in info["shape"])
+            np_dtype = _ST_DTYPES.get(info["dtype"], "missing")
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError, UnicodeDecodeError) as e:
+            raise StoreError(
+                f"{str(path)!r} has no readable safetensors header for tensor {key!r} ({type(e).__name__}); "
+                "the shard is corrupt."
+            ) from None
     if np_dtype == "missing":
         raise StoreError(f"{str(path)!r}: unsupported dtype {info['dtype']}.")
+    itemsize = 2 if np_dtype is None else np.dtype(np_dtype).itemsize
+    if len(shape) != 4 or min(shape, default=0) < 0 or int(np.prod(shape)) * itemsize != end - start or start < 0:
+        raise StoreError(f"{str(path)!r}: tensor {key!r} has {end - start} bytes, not {shape} {info['dtype']}.")
+    if 8 + n + end > size:
+        raise StoreError(
+            f"{str(path)!r} is truncated ({size} bytes, its header promises {8 + n + end}); the shard is corrupt."
+        )
     if np_dtype is None:  # bf16: map as int16 and reinterpret
         raw = np.memmap(path, dtype=np.int16, mode="c", offset=8 + n + start, shape=shape)
         return torch.from_numpy(np.asarray(raw)).view(torch.bfloat16)
-    if int(np.prod(shape)) * np.dtype(np_dtype).itemsize != end - start:
-        raise StoreError(f"{str(path)!r}: tensor {key!r} has {end - start} bytes, not {shape} {info['dtype']}.")
     return torch.from_numpy(np.memmap(path, dtype=np_dtype, mode="c", offset=8 + n + start, shape=shape))
 
 
@@ -177,18 +226,34 @@ def open_store(path: str | os.PathLike[str], *, verify: bool = True) -> HeadFeat
     """
     root = Path(path)
     manifest = read_manifest(root)
-    parts, ids, labels = [], [], []
+    parts: list[torch.Tensor] = []
+    ids: list[str] = []
+    labels: list[Any] = []
     for shard in manifest["shards"]:
         file = _shard_path(root, shard.get("file"))
         if not file.is_file():
-            raise StoreError(f"the manifest of {str(root)!r} lists {shard['file']!r}, which is missing.")
+            raise StoreError(
+                f"the manifest of {str(root)!r} lists {shard['file']!r}, which is missing. Re-extract into a new "
+                "store folder (or restore the file)."
+            )
         if verify and sha256(file.read_bytes()) != shard.get("sha256"):
-            raise StoreError(f"{str(file)!r} does not match the sha256 in the manifest: the shard is corrupt.")
+            raise StoreError(
+                f"{str(file)!r} does not match the sha256 in the manifest: the shard is corrupt. Re-extract into a "
+                "new store folder."
+            )
         z = _mmap_tensor(file)
         if z.shape[0] != len(shard["ids"]) or len(shard["labels"]) != len(shard["ids"]):
             raise StoreError(
                 f"{str(file)!r} holds {z.shape[0]} examples but the manifest lists {len(shard['ids'])} ids and "
-                f"{len(shard['labels'])} labels for it."
+                f"{len(shard['labels'])} labels for it: the manifest and the shards disagree. Re-extract into a "
+                "new store folder."
+            )
+        if z.shape[1] != len(manifest["layers"]) or (parts and z.shape[1:] != parts[0].shape[1:]):
+            raise StoreError(
+                f"{str(file)!r} holds features of shape {tuple(z.shape[1:])} per example, but the manifest lists "
+                f"{len(manifest['layers'])} layers"
+                + (f" and the first shard holds {tuple(parts[0].shape[1:])}" if parts else "")
+                + ": the manifest and the shards disagree. Re-extract into a new store folder."
             )
         parts.append(z)
         ids.extend(shard["ids"])
@@ -202,14 +267,19 @@ def open_store(path: str | os.PathLike[str], *, verify: bool = True) -> HeadFeat
         idx = torch.tensor([pos[i] for i in order])
         z, ids, labels = z[idx], [ids[k] for k in idx.tolist()], [labels[k] for k in idx.tolist()]
     has_labels = any(lab is not None for lab in labels)
-    return HeadFeatures(
-        z=z,
-        labels=labels if has_labels else None,
-        example_ids=ids,
-        model_id=manifest["model_id"],
-        hook=manifest["hook"],
-        positions=manifest["positions"],
-        prompt_template=manifest.get("prompt_template"),
-        layers=tuple(manifest["layers"]),
-        meta={"store": str(root), "fingerprint": manifest.get("fingerprint")},
-    )
+    try:
+        return HeadFeatures(
+            z=z,
+            labels=labels if has_labels else None,
+            example_ids=ids,
+            model_id=manifest["model_id"],
+            hook=manifest["hook"],
+            positions=manifest.get("positions", "last"),
+            prompt_template=manifest.get("prompt_template"),
+            layers=tuple(manifest["layers"]),
+            meta={"store": str(root), "fingerprint": manifest.get("fingerprint")},
+        )
+    except SavlensError as e:  # e.g. an id listed in two shards
+        raise StoreError(
+            f"the feature store {str(root)!r} is inconsistent ({e.detail}). Re-extract into a new store folder."
+        ) from e

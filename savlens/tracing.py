@@ -17,7 +17,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from savlens.cache import ActivationCache, CacheEntry
-from savlens.errors import HookNotAvailableError, PositionError, SavlensError
+from savlens.errors import ArgumentError, HookNotAvailableError, PositionError, SavlensError
 from savlens.inputs import Batch
 from savlens.interventions import Edit, apply_edits, as_features, by_layer, head_values, row_values
 from savlens.loading import Model
@@ -141,6 +141,7 @@ class Trace:
         """
         if self._ran:
             raise SavlensError("this trace already ran; open a new `with savlens.trace(...)` block to save more.")
+        check_device_dtype(device, dtype, "t.save")
         concrete = resolve(names, self.model.n_layers, self.model.multimodal)
         for n in concrete:
             if hook_point(n).eager_only and self.model.attn_implementation != "eager":
@@ -260,6 +261,24 @@ class Trace:
                 self._cache._set(name, entry)
         self._ran = True
         return self
+
+
+def check_device_dtype(device: Any, dtype: Any, what: str) -> None:
+    """Raise :class:`ArgumentError` unless ``device`` (None or a usable torch device) and ``dtype`` (None or a
+    floating torch dtype) can take saved values; checked when the save is declared, not inside the run."""
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ArgumentError(
+            f"{what}: dtype={dtype!r} is not a floating torch dtype; pass e.g. torch.float32 or torch.bfloat16."
+        )
+    if device is None:
+        return
+    try:
+        torch.empty(0, device=device)
+    except Exception as e:  # an unknown device string, or a build / machine without that device
+        raise ArgumentError(
+            f"{what}: device={device!r} cannot be used here ({type(e).__name__}: {str(e).splitlines()[0]}); pass "
+            "'cpu' or a device this machine has (torch.cuda.is_available())."
+        ) from None
 
 
 def trace(model: Model, batch: Batch, *, logits: LogitsMode = "last", stop_at_layer: int | None = None) -> Trace:

@@ -95,7 +95,10 @@ def check_examples(examples: list[Example], source: str) -> list[Example]:
         if ex.id is None:
             raise InputError(f"{source}: example {i} has no id.")
         if ex.id in seen:
-            raise InputError(f"{source}: id {ex.id!r} is used by examples {seen[ex.id]} and {i}; ids must be unique.")
+            raise InputError(
+                f"{source}: id {ex.id!r} is used by examples {seen[ex.id]} and {i}; ids must be unique. Fix the ids, "
+                "or pass id_key=None to number the records."
+            )
         seen[ex.id] = i
     types = sorted({type(ex.label).__name__ for ex in examples if ex.label is not None})
     if len(types) > 1:

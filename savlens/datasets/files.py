@@ -54,6 +54,17 @@ def read_records(path: str | os.PathLike[str], format: str | None = None) -> Ite
     fmt = _format_of(path, format)
     if not path.is_file():
         raise InputError(f"no data file at {str(path)!r}.")
+    try:
+        yield from _records(path, fmt)
+    except UnicodeDecodeError as e:
+        raise InputError(
+            f"{path.name} is not UTF-8 text ({e.reason} at byte {e.start}); re-save it as UTF-8."
+        ) from None
+    except csv.Error as e:
+        raise InputError(f"{path.name}: not a readable {fmt.upper()} file ({e}).") from None
+
+
+def _records(path: Path, fmt: str) -> Iterator[tuple[str, dict[str, Any]]]:
     name = path.name
     if fmt == "jsonl":
         with path.open(encoding="utf-8") as f:
@@ -64,15 +75,23 @@ def read_records(path: str | os.PathLike[str], format: str | None = None) -> Ite
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise InputError(f"{where}: not valid JSON ({e.msg}).") from e
+                    raise InputError(f"{where}: not valid JSON ({e.msg}); fix or remove that line.") from e
+                except (ValueError, RecursionError) as e:  # too deeply nested, integers too long
+                    raise InputError(f"{where}: not valid JSON for savlens ({type(e).__name__}: {e}).") from None
                 if not isinstance(record, dict):
-                    raise InputError(f"{where}: expected a JSON object; got {type(record).__name__}.")
+                    raise InputError(
+                        f"{where}: expected a JSON object; got {type(record).__name__}. Write one object per line."
+                    )
                 yield where, record
     elif fmt == "json":
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise InputError(f"{name}: not valid JSON ({e.msg}, line {e.lineno}).") from e
+        except (ValueError, RecursionError) as e:  # too deeply nested, integers too long (not UnicodeDecodeError)
+            if isinstance(e, UnicodeDecodeError):
+                raise
+            raise InputError(f"{name}: not valid JSON for savlens ({type(e).__name__}: {e}).") from None
         if not isinstance(data, list):
             raise InputError(f"{name}: expected a JSON list of objects; got {type(data).__name__}.")
         for i, record in enumerate(data):
@@ -102,6 +121,8 @@ def _image_values(value: Any, where: str) -> list[Any]:
                 parsed = json.loads(text)
             except json.JSONDecodeError as e:
                 raise InputError(f"{where}: images field {value!r} is not a JSON list ({e.msg}).") from e
+            except (ValueError, RecursionError) as e:
+                raise InputError(f"{where}: images field {value[:80]!r} is not a JSON list ({e}).") from None
             if isinstance(parsed, list):
                 return parsed
         return [p.strip() for p in text.split(";") if p.strip()]
@@ -139,6 +160,11 @@ def example_from_record(
                 f"{where}: template {template!r} needs the field {e}; the record has "
                 f"{sorted(fields)} (label fields are not available to templates)."
             ) from e
+        except (ValueError, AttributeError, TypeError) as e:
+            raise InputError(
+                f"{where}: template {template!r} cannot be filled ({e}); use named fields such as {{text}}, and "
+                "double literal braces ({{ }})."
+            ) from None
     elif text_key is None:
         raise InputError(f"{where}: no text field; looked for {list(text_keys)}, the record has {sorted(record)}.")
     else:
@@ -191,7 +217,7 @@ def _load_folder(folder: Path, root: Path, template: str | None, max_text_chars:
             path = resolve_image(os.fspath(f), root, where)
             try:
                 text = "" if template is None else template.format_map({"text": "", "image": rel})
-            except (KeyError, IndexError) as e:
+            except (KeyError, IndexError, ValueError, AttributeError, TypeError) as e:
                 raise InputError(
                     f"{where}: template {template!r} needs the field {e}; folder examples offer only "
                     f"'text' (empty) and 'image' (the path relative to the folder)."

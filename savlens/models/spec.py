@@ -204,7 +204,8 @@ def resolve_spec(spec: ModelSpec, model: nn.Module) -> ResolvedSpec:
             except AttributeError:
                 raise ModelSpecError(
                     f"spec {spec.family!r}: layer {layer} has no module {getattr(spec, role)!r} (role {role!r}); "
-                    "the spec does not match this model."
+                    "the spec does not match this model. savlens reads heads at the attention output projection: "
+                    "pass savlens.wrap a spec= with this model's module paths (docs: adding a model)."
                 ) from None
         want = {
             "o_proj": (sizes.n_heads * sizes.d_head, sizes.d_model),
@@ -225,7 +226,9 @@ def resolve_spec(spec: ModelSpec, model: nn.Module) -> ResolvedSpec:
             break
     if problems:
         raise ModelSpecError(
-            f"spec {spec.family!r} does not match {type(model).__name__}: " + "; ".join(problems) + "."
+            f"spec {spec.family!r} does not match {type(model).__name__}: "
+            + "; ".join(problems)
+            + ". Pass savlens.wrap a spec= that matches this model (docs: adding a model)."
         )
     final_norm = first_path(model, spec.final_norm, "final_norm", spec.family)
     unembed = first_path(model, spec.unembed, "unembed", spec.family)
