@@ -315,7 +315,22 @@ def _correct_in_sample(x: Tensor, codes: Tensor, n_classes: int) -> Tensor:
     return (_nearest(x, centroids) == codes[:, None]).sum(0)
 
 
-def _correct_loo(x: Tensor, codes: Tensor, n_classes: int) -> Tensor:
+#: cosine similarities closer than this count as tied in leave-one-out scoring (see ``_correct_loo_f64``)
+LOO_TIE_TOL = 1e-12
+
+
+def _correct_loo(x: Tensor, codes: Tensor, n_classes: int, heads_per_chunk: int = 64) -> Tensor:
+    # float64 throughout: the closed form compares the own-class similarity (from |S_y - x|^2 = |S_y|^2 - 2 x.S_y
+    # + |x|^2) with the others'; with float32 dot products its rounding (~1e-7) can outweigh the real differences
+    # of a near-constant head and bias it towards its own class (a head at chance scored 0.975). Chunked over
+    # heads so the float64 copy stays small.
+    return torch.cat([
+        _correct_loo_f64(x[:, j : j + heads_per_chunk].double(), codes, n_classes)
+        for j in range(0, x.shape[1], heads_per_chunk)
+    ])
+
+
+def _correct_loo_f64(x: Tensor, codes: Tensor, n_classes: int) -> Tensor:
     n, n_heads = x.shape[:2]
     sums = _class_sums(x, codes, n_classes)
     counts = torch.bincount(codes, minlength=n_classes).double()
@@ -332,7 +347,12 @@ def _correct_loo(x: Tensor, codes: Tensor, n_classes: int) -> Tensor:
     own = ((g_own - q) / m) / own_norm
     own = torch.where(m > 0, own, torch.full_like(own, -torch.inf))  # a lone example has no own centroid
     sim.scatter_(-1, idx, own[..., None])
-    return (sim.argmax(dim=-1) == codes[:, None]).sum(0)
+    # the own-class similarity comes from a different formula than the others', so their float64 rounding differs
+    # (~1e-16): similarities within LOO_TIE_TOL of the best count as tied, and a tie goes to the first class, as
+    # an exact tie does in a brute-force loop. Real class signal in float32 features is orders of magnitude larger.
+    best = sim.max(dim=-1, keepdim=True).values
+    winner = (sim >= best - LOO_TIE_TOL).to(torch.int8).argmax(dim=-1)
+    return (winner == codes[:, None]).sum(0)
 
 
 def _correct_kfold(

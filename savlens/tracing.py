@@ -19,7 +19,7 @@ from torch import Tensor
 from savlens.cache import ActivationCache, CacheEntry
 from savlens.errors import ArgumentError, HookNotAvailableError, PositionError, SavlensError
 from savlens.inputs import Batch
-from savlens.interventions import Edit, apply_edits, as_features, by_layer, head_values, row_values
+from savlens.interventions import Edit, apply_edits, as_features, by_layer, head_values, layer_row, row_values
 from savlens.loading import Model
 from savlens.names import hook_point, resolve, split_name
 from savlens.positions import Positions, Selection, select_positions, take_positions
@@ -223,8 +223,10 @@ class Trace:
         """Resample-ablate ``heads``: patch in the values of randomly drawn examples of ``source``."""
         feats = as_features(source)
         gen = torch.Generator().manual_seed(seed)
-        rows = torch.randint(0, feats.n_examples, (self.batch.size,), generator=gen)
-        self.patch(heads, feats.subset(rows), positions=positions)
+        rows = torch.randint(0, feats.n_examples, (self.batch.size,), generator=gen)  # with replacement
+        for layer, hs in by_layer(heads, self.model):
+            value = feats.z[rows][:, layer_row(feats, layer)][:, hs]
+            self._add_edit(Edit(layer, hs, "set", value[:, None], positions, "resample-ablation"))
 
     def add(self, heads: Any, vector: Tensor, *, positions: Positions = "last") -> None:
         """Add ``vector`` (``d_head``, or ``k d_head`` for the k heads of each layer) to ``heads``' ``hook_z``."""

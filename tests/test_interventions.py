@@ -71,7 +71,7 @@ def test_resample_and_add_move_the_output() -> None:
     with savlens.trace(model, batch) as clean:
         pass
     with savlens.trace(model, batch) as t:
-        t.resample("L2H0", other, seed=1)
+        t.resample("L2H0", other.subset([0]), seed=1)  # one source example: drawn for every row (with replacement)
     with savlens.trace(model, batch) as t2:
         t2.add("L2H0", torch.ones(model.sizes.d_head) * 3.0)
     assert not torch.equal(t.logits, clean.logits) and not torch.equal(t2.logits, clean.logits)

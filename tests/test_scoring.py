@@ -316,3 +316,17 @@ def test_stratified_folds_are_balanced_and_seeded() -> None:
     for c in "abc":
         per = torch.bincount(folds[[i for i, v in enumerate(labels) if v == c]], minlength=4)
         assert per.max() - per.min() <= 1
+
+
+def test_loo_does_not_favour_a_near_constant_head() -> None:
+    """A head whose vectors differ only at float32 rounding level carries no class signal: its LOO score must be
+    chance, like its in-sample score (the float32 closed form gave such heads 1.0 on 8 classes)."""
+    gen = torch.Generator().manual_seed(0)
+    n, n_classes = 80, 8
+    mean = torch.randn(1, 1, 1, 64, generator=gen) * 10
+    z = (mean + 1e-8 * torch.randn(n, 1, 4, 64, generator=gen)).float()
+    feats = HeadFeatures(z=z, labels=[i % n_classes for i in range(n)])
+    loo = centroid_accuracy(feats, mode="loo").scores
+    ins = centroid_accuracy(feats, mode="in_sample").scores
+    assert float(loo.max()) <= 0.15, loo
+    torch.testing.assert_close(loo, ins, atol=0.03, rtol=0)
