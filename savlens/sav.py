@@ -97,6 +97,15 @@ def _source_of(features: HeadFeatures) -> dict[str, Any]:
     return src
 
 
+def _extract_options(saved: Mapping[str, Any], source: Mapping[str, Any]) -> dict[str, Any]:
+    """The extraction options of a loaded SAV: saved ones, else what the features' provenance tells."""
+    opts = {k: v for k, v in saved.items() if k in ("positions", "prompt_template", "chat", "system_prompt")}
+    opts.setdefault("prompt_template", source.get("prompt_template"))
+    if "dtype" in saved:
+        opts["dtype"] = getattr(torch, str(saved["dtype"]).removeprefix("torch."))
+    return opts
+
+
 def _is_positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
@@ -301,13 +310,19 @@ class SAV:
             for k in _SOURCE_KEYS
             if json_safe(self.source_[k]) != json_safe(theirs[k])
         ]
+        want_t, got_t = self.source_.get("prompt_template_sha256"), template_hash(features.prompt_template)
+        if want_t != got_t:
+            diffs.append(
+                f"prompt template: fitted with {self.source_.get('prompt_template')!r}, these features were "
+                f"extracted with {features.prompt_template!r}"
+            )
         missing = [layer for layer in self.heads_.layers if layer not in (features.layers or ())]
         if missing:
             diffs.append(f"layers {missing} of the selected heads are not in these features")
         if diffs:
             raise FeatureError(
                 f"{what}: these features do not match the features this SAV was fitted on ({'; '.join(diffs)}). "
-                "Extract them with the same model, hook and positions as the training features."
+                "Extract them with the same model, hook, positions and prompt template as the training features."
             )
 
     def head_vectors(self, features: HeadFeatures) -> Float[Tensor, "example k d_head"]:
@@ -409,6 +424,7 @@ class SAV:
                 "layers": list(scores.layers or ()),
             },
             "features": self.source_,
+            "extract_options": json_safe(getattr(self, "extract_options_", {})),
             "versions": library_versions(),
             "tensors": {
                 "file": "tensors.safetensors",
@@ -484,6 +500,7 @@ class SAV:
         sav = cls(**{key: value for key, value in params.items() if key in known})
         sav.heads_, sav.centroids_, sav.classes_ = heads, centroids, classes
         sav.class_type_, sav.source_ = class_type, source
+        sav.extract_options_ = _extract_options(manifest.get("extract_options") or {}, source)
         sav.scores_ = None
         if meta is not None and "scores" in tensors:
             try:

@@ -133,7 +133,13 @@ def test_predict_on_the_selected_layers_only() -> None:
     sav = SAV(k=3).fit(train)
     assert sav.required_layers == (0, 2, 3)
     rows = list(sav.required_layers)
-    only = HeadFeatures(test.z[:, rows], layers=sav.required_layers, model_id="m1", labels=test.labels)
+    only = HeadFeatures(
+        test.z[:, rows],
+        layers=sav.required_layers,
+        model_id="m1",
+        labels=test.labels,
+        prompt_template=test.prompt_template,
+    )
     assert sav.predict(only) == sav.predict(test)
     refit = SAV().fit_heads(
         HeadFeatures(train.z[:, rows], layers=(0, 2, 3), labels=train.labels, model_id="m1"), heads=sav.heads_
@@ -173,7 +179,7 @@ def test_fit_errors_name_the_problem() -> None:
     nan_test = test.z.clone()
     nan_test[1, 2, 3, 0] = float("inf")
     with pytest.raises(FeatureError, match="NaN or infinite values in head L2H3 of example '1'"):
-        sav.predict(HeadFeatures(nan_test, model_id="m1"))
+        sav.predict(HeadFeatures(nan_test, model_id="m1", prompt_template=test.prompt_template))
 
 
 def test_scorers_by_name_by_function_and_with_params() -> None:

@@ -52,3 +52,18 @@ def test_fit_predict_from_model_matches_features_and_stops_early(tmp_path: Path)
     other = extract(tiny("qwen2_5_vl"), train, progress=False)
     with pytest.raises(StoreError):
         SAV.load(tmp_path / "m.sav", expect=other)
+
+
+def test_saved_sav_remembers_how_to_extract(tmp_path: Path) -> None:
+    model = tiny("llava_onevision")
+    train, test = _examples(10, 2), _examples(4, 3)
+    template = "question : {text}"
+    sav = SAV(k=3).fit(model, train, prompt_template=template, dtype=torch.float32)
+    want = sav.predict(model, test)
+    sav.save(tmp_path / "t.sav")
+    loaded = SAV.load(tmp_path / "t.sav")
+    assert loaded.extract_options_["prompt_template"] == template
+    assert loaded.predict(model, test) == want  # extracted with the saved template, not the raw text
+    plain = extract(model, test, progress=False)  # no template
+    with pytest.raises(savlens.errors.FeatureError, match="prompt template"):
+        loaded.predict(plain)
