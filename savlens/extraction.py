@@ -171,7 +171,7 @@ def extract(
         positions=str(positions),
         prompt_template=prompt_template,
         layers=tuple(layers),
-        meta={"fingerprint": model.fingerprint, "dtype": header["dtype"]},
+        meta={"fingerprint": model.fingerprint, "dtype": header["dtype"], "chat": chat, "system_prompt": system_prompt},
     )
 
 

@@ -97,6 +97,19 @@ def _source_of(features: HeadFeatures) -> dict[str, Any]:
     return src
 
 
+def _options_of(features: HeadFeatures) -> dict[str, Any]:
+    """The extraction options recorded in features' provenance (template, position, chat settings)."""
+    opts: dict[str, Any] = {"prompt_template": features.prompt_template}
+    if features.positions != "last":
+        opts["positions"] = (
+            int(features.positions) if str(features.positions).lstrip("-").isdigit() else features.positions
+        )
+    for key in ("chat", "system_prompt"):
+        if key in features.meta:
+            opts[key] = features.meta[key]
+    return opts
+
+
 def _extract_options(saved: Mapping[str, Any], source: Mapping[str, Any]) -> dict[str, Any]:
     """The extraction options of a loaded SAV: saved ones, else what the features' provenance tells."""
     opts = {k: v for k, v in saved.items() if k in ("positions", "prompt_template", "chat", "system_prompt")}
@@ -243,8 +256,10 @@ class SAV:
             self
         """
         what = "SAV.fit"
+        from_model = not isinstance(features, HeadFeatures)
         features, labels = as_features(features, labels, options=extract_options, what=what)
-        self.extract_options_ = remembered(extract_options)
+        # how to extract for predict(model, examples): as the training features were extracted
+        self.extract_options_ = remembered(extract_options) if from_model else _options_of(features)
         self._check_k(features, what)
         labels = resolve_labels(features, labels, what)
         enc = encode_labels(labels, order="first" if self.reference else "sorted", what=what)

@@ -277,7 +277,13 @@ def open_store(path: str | os.PathLike[str], *, verify: bool = True) -> HeadFeat
             positions=manifest.get("positions", "last"),
             prompt_template=manifest.get("prompt_template"),
             layers=tuple(manifest["layers"]),
-            meta={"store": str(root), "fingerprint": manifest.get("fingerprint")},
+            meta={
+                "store": str(root),
+                "fingerprint": manifest.get("fingerprint"),
+                "dtype": manifest.get("dtype"),
+                "chat": manifest.get("chat", True),
+                "system_prompt": manifest.get("system_prompt"),
+            },
         )
     except SavlensError as e:  # e.g. an id listed in two shards
         raise StoreError(

@@ -67,3 +67,12 @@ def test_saved_sav_remembers_how_to_extract(tmp_path: Path) -> None:
     plain = extract(model, test, progress=False)  # no template
     with pytest.raises(savlens.errors.FeatureError, match="prompt template"):
         loaded.predict(plain)
+
+
+def test_sav_fitted_on_features_extracts_like_them_at_predict_time() -> None:
+    model = tiny("qwen2_vl")
+    train, test = _examples(8, 4), _examples(4, 5)
+    opts = dict(prompt_template="say : {text}", chat=False, progress=False)
+    sav = SAV(k=2).fit(extract(model, train, **opts))  # type: ignore[arg-type]
+    assert sav.extract_options_["prompt_template"] == "say : {text}" and sav.extract_options_["chat"] is False
+    assert sav.predict(model, test) == sav.predict(extract(model, test, **opts))  # type: ignore[arg-type]
