@@ -100,20 +100,30 @@ def answer_scores(
     return AnswerScores(acc, torch.cat(logps), preds)
 
 
-def matched_random_heads(heads: HeadSet, n_heads: int, seed: int) -> HeadSet:
-    """Draw as many random heads as ``heads`` holds, from the same layers (same count per layer), excluding
-    ``heads`` themselves where the layer has room."""
+def matched_random_heads(heads: HeadSet, n_heads: int, seed: int, n_layers: int | None = None) -> HeadSet:
+    """Draw as many random heads as ``heads`` holds, never one of ``heads``, matching its layer distribution.
+
+    Each layer gets as many random heads as ``heads`` has there; where a layer has fewer heads outside ``heads``
+    than that, the rest come from the nearest layers with free heads (nearest first, lower layer on a tie).
+    """
     gen = torch.Generator().manual_seed(seed)
-    chosen: list[Head] = []
+    n_layers = n_layers if n_layers is not None else max(h.layer for h in heads) + 2
+    taken = set(heads)
     per_layer: dict[int, int] = {}
     for h in heads:
         per_layer[h.layer] = per_layer.get(h.layer, 0) + 1
+    chosen: list[Head] = []
     for layer, count in sorted(per_layer.items()):
-        pool = [i for i in range(n_heads) if Head(layer, i) not in heads]
-        if len(pool) < count:
-            pool = list(range(n_heads))
-        pick = torch.randperm(len(pool), generator=gen)[:count].tolist()
-        chosen.extend(Head(layer, pool[i]) for i in pick)
+        for near in sorted(range(n_layers), key=lambda x: (abs(x - layer), x)):
+            if count == 0:
+                break
+            pool = [Head(near, i) for i in range(n_heads) if Head(near, i) not in taken]
+            pick = [pool[i] for i in torch.randperm(len(pool), generator=gen)[:count].tolist()]
+            chosen.extend(pick)
+            taken.update(pick)
+            count -= len(pick)
+        if count:
+            raise SavlensError(f"cannot draw {len(heads)} random heads outside the given ones in this grid.")
     return HeadSet(chosen)
 
 
@@ -126,7 +136,7 @@ class CausalReport:
         baseline: scores with no edit.
         selected: scores with the SAV heads mean-ablated.
         random: scores with k random heads (matched layers) mean-ablated, one per seed.
-        random_heads: the random head sets, one per seed.
+        random_heads: the random head sets, one per seed (never containing a SAV head).
     """
 
     heads: HeadSet
@@ -189,7 +199,7 @@ def causal_validation(
     opts = dict(batch_options, batch_size=batch_size)
     base = answer_scores(model, examples, answers, **opts)
     sel = answer_scores(model, examples, answers, edit=ablating(heads), **opts)
-    rand_sets = [matched_random_heads(heads, model.n_heads, seed + i) for i in range(n_random)]
+    rand_sets = [matched_random_heads(heads, model.n_heads, seed + i, model.n_layers) for i in range(n_random)]
     rand = [answer_scores(model, examples, answers, edit=ablating(hs), **opts) for hs in rand_sets]
     return CausalReport(heads, base, sel, rand, rand_sets)
 

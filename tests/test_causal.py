@@ -40,6 +40,12 @@ def test_matched_random_heads_keep_the_layer_distribution() -> None:
         assert sorted(h.layer for h in r) == [0, 0, 2]
         assert not set(r) & set(heads)
     assert matched_random_heads(heads, 4, 1) == matched_random_heads(heads, 4, 1)
+    # a layer crowded with selected heads: the rest come from the nearest layers, never a selected head
+    crowded = HeadSet(["L1H0", "L1H1", "L1H2"])
+    for seed in range(5):
+        r = matched_random_heads(crowded, n_heads=4, seed=seed, n_layers=3)
+        assert len(r) == 3 and not set(r) & set(crowded)
+        assert sum(h.layer == 1 for h in r) == 1 and all(h.layer in (0, 2) for h in r if h.layer != 1)
 
 
 def test_answer_scores_match_a_plain_forward() -> None:
