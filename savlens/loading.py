@@ -159,7 +159,7 @@ class Model:
     def render(self, example: Example, text: str, *, chat: bool = True, system_prompt: str | None = None) -> str:
         """Return the prompt string of ``example`` (its text already templated) for this model."""
         if not chat:
-            placeholder = _RAW_IMAGE_TEXT.get(self.family, "")
+            placeholder = _RAW_IMAGE_TEXT.get(self.family) or str(getattr(self.processor, "image_token", "") or "")
             return placeholder * example.n_images + text
         if example.messages is not None:
             messages = list(example.messages)

@@ -32,6 +32,8 @@ DIM_GLOSSARY: dict[str, str] = {
     "task": "tasks of a transfer experiment",
     "vision_pos": "positions (patches) inside the vision tower",
     "d_vision": "width of the vision tower",
+    "vision_height": "rows of a convolutional vision tower's feature grid",
+    "vision_width": "columns of a convolutional vision tower's feature grid",
     "vision_batch": "images or image tiles fed to the vision tower",
     "image_token": "image tokens of all images, packed",
 }
