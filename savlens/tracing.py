@@ -420,40 +420,17 @@ def _execute(
     req_index = {id(r): i for i, r in enumerate(requests)}
     logits_box: list[Tensor] = []
     env = model.envoy
-    last = batch.last_index.to(model.device)
+    last = batch.last_index.to(inputs["input_ids"].device)
 
-    sizes = model.sizes
     applied: list[Edit] = []
     with torch.no_grad(), env.trace(**inputs) as tracer:
-        for read in plan:
-            module = _envoy_at(env, read.path)
-            value = module.input if read.kind == "input" else module.output
-            if read.edits:
-                value = apply_edits(value, read.edits, batch, sizes)
-                module.input = value
-                applied.extend(read.edits)
-            for name, req in read.saves:
-                _, template = split_name(name)
-                if template == "blocks.{l}.attn.hook_pattern":
-                    x = value[1]
-                elif read.kind == "output" or template in ("hook_embed", "blocks.{l}.hook_resid_pre"):
-                    x = _first(value)
-                else:
-                    x = value
-                if not name.startswith("vision_") and req.positions != "all":
-                    sel = selections[_pos_key(req.positions)]
-                    pos_dim = 2 if template == "blocks.{l}.attn.hook_pattern" else 1
-                    x = take_positions(x, sel, dim=pos_dim)
-                if req.device is not None or req.dtype is not None:
-                    x = x.to(device=req.device, dtype=req.dtype)
-                raw[req_index[id(req)]][name] = x.save()
+        # the body runs in a plain function: nnsight executes a with-block's own code against a dict scope
+        # (every name a dict lookup, globals after a KeyError), which cost ~0.3 ms per trace on small models
+        _interleave(env, plan, batch, model.sizes, selections, raw, req_index, applied)
         if stop_at_layer is not None:
             tracer.stop()
         elif logits_mode is not None:
-            lg = env.output.logits
-            if logits_mode == "last" and lg.shape[1] != 1:
-                lg = lg[torch.arange(lg.shape[0], device=lg.device), last][:, None]
-            logits_box.append(lg.save())
+            _read_logits(env, logits_mode, last, logits_box)
 
     missed = [e for e in edits if not any(e is a for a in applied)]
     if missed:
@@ -471,6 +448,49 @@ def _execute(
             entries[name] = entry
         out.append(entries)
     return out, (logits_box[0] if logits_box else None)
+
+
+def _interleave(
+    env: Any,
+    plan: list[_Read],
+    batch: Batch,
+    sizes: Any,
+    selections: dict[Any, Selection],
+    raw: list[dict[str, Tensor]],
+    req_index: dict[int, int],
+    applied: list[Edit],
+) -> None:
+    """Inside the trace: read each planned module access in execution order, apply edits, save slices."""
+    for read in plan:
+        module = _envoy_at(env, read.path)
+        value = module.input if read.kind == "input" else module.output
+        if read.edits:
+            value = apply_edits(value, read.edits, batch, sizes)
+            module.input = value
+            applied.extend(read.edits)
+        for name, req in read.saves:
+            _, template = split_name(name)
+            if template == "blocks.{l}.attn.hook_pattern":
+                x = value[1]
+            elif read.kind == "output" or template in ("hook_embed", "blocks.{l}.hook_resid_pre"):
+                x = _first(value)
+            else:
+                x = value
+            if not name.startswith("vision_") and req.positions != "all":
+                sel = selections[_pos_key(req.positions)]
+                pos_dim = 2 if template == "blocks.{l}.attn.hook_pattern" else 1
+                x = take_positions(x, sel, dim=pos_dim)
+            if req.device is not None or req.dtype is not None:
+                x = x.to(device=req.device, dtype=req.dtype)
+            raw[req_index[id(req)]][name] = x.save()
+
+
+def _read_logits(env: Any, logits_mode: LogitsMode, last: Tensor, box: list[Tensor]) -> None:
+    """Inside the trace: save the logits (each row's last real token for ``"last"``)."""
+    lg = env.output.logits
+    if logits_mode == "last" and lg.shape[1] != 1:
+        lg = lg[torch.arange(lg.shape[0], device=lg.device), last][:, None]
+    box.append(lg.save())
 
 
 def _pos_key(positions: Positions | None) -> Any:
@@ -501,13 +521,10 @@ def _entry(model: Model, name: str, x: Tensor, req: _Request, selections: dict[A
             "all",
         )
     if template in ("blocks.{l}.attn.hook_z", "blocks.{l}.attn.hook_result", "blocks.{l}.attn.hook_q"):
-        x = rearrange(x, "batch pos (head_index d_head) -> batch pos head_index d_head", head_index=sizes.n_heads)
+        # batch pos (head_index d_head) -> batch pos head_index d_head (a view; unflatten is ~10x cheaper than einops)
+        x = x.unflatten(-1, (sizes.n_heads, sizes.d_head))
     elif template in ("blocks.{l}.attn.hook_k", "blocks.{l}.attn.hook_v"):
-        x = rearrange(
-            x,
-            "batch pos (kv_head_index d_head) -> batch pos kv_head_index d_head",
-            kv_head_index=sizes.n_kv_heads,
-        )
+        x = x.unflatten(-1, (sizes.n_kv_heads, sizes.d_head))  # batch pos (kv_head_index d_head) -> ...
     sel = selections.get(_pos_key(req.positions)) if req.positions != "all" else None
     dims = point.dims
     if template == "blocks.{l}.attn.hook_result":
@@ -538,7 +555,8 @@ def _result_entry(model: Model, name: str, z_entry: CacheEntry) -> CacheEntry:
 
 
 def _model_inputs(model: Model, batch: Batch, logits_mode: LogitsMode) -> dict[str, Any]:
-    device, dtype = model.device, model.dtype
+    p = next(model.hf.parameters())  # one lookup (model.device and model.dtype each walk the parameters)
+    device, dtype = p.device, p.dtype
     out: dict[str, Any] = {}
     for k, v in batch.inputs.items():
         if isinstance(v, Tensor):
