@@ -319,7 +319,7 @@ def _correct_in_sample(x: Tensor, codes: Tensor, n_classes: int) -> Tensor:
 LOO_TIE_TOL = 1e-12
 
 
-def _correct_loo(x: Tensor, codes: Tensor, n_classes: int, heads_per_chunk: int = 64) -> Tensor:
+def _correct_loo(x: Tensor, codes: Tensor, n_classes: int, heads_per_chunk: int = 8) -> Tensor:
     # float64 throughout: the closed form compares the own-class similarity (from |S_y - x|^2 = |S_y|^2 - 2 x.S_y
     # + |x|^2) with the others'; with float32 dot products its rounding (~1e-7) can outweigh the real differences
     # of a near-constant head and bias it towards its own class (a head at chance scored 0.975). Chunked over
