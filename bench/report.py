@@ -98,9 +98,9 @@ def markdown(res: dict[str, Any], img_rel: str) -> str:
         "",
         f"Load average (1 min) at start {mach['load_avg_start'][0]}, at end {mach['load_avg_end'][0]}; "
         "each table gives the range seen while it was measured. "
-        "**The 2 cores are shared**: other engineers' test runs and a training job were running during the "
-        "measurement, so wall times carry waiting time; CPU times (this process's user+system time) "
-        "are the steadier measure of work done.",
+        "**The 2 cores are shared** with other engineers' test runs and training jobs: when the load is above 2, "
+        "wall times carry time spent waiting for a core; CPU times (this process's user+system time) are the "
+        "steadier measure of work done.",
         "",
         "### Targets",
         "",
@@ -347,12 +347,14 @@ def plots(res: dict[str, Any], img_dir: Path) -> list[dict[str, str]]:
 
     # 2. time and memory vs number of examples
     fig, axes = plt.subplots(1, 2, figsize=(10.5, 4))
-    for name, c in cases.items():
+    for (name, c), color in zip(cases.items(), ("tab:blue", "tab:orange", "tab:green", "tab:purple")):
         pts = c["n_scaling"]["points"]
         ns = [p["n_examples"] for p in pts]
-        axes[0].plot(ns, [p["extract"]["wall"]["median"] for p in pts], "o-", label=name)
-        axes[1].plot(ns, [max(p["feature_bytes"], 1) / 1e6 for p in pts], "o-", label=f"{name}: features")
-        axes[1].plot(ns, [max(p["peak_rss_delta_bytes"], 1) / 1e6 for p in pts], "x--", label=f"{name}: peak RSS")
+        axes[0].plot(ns, [p["extract"]["wall"]["median"] for p in pts], "o-", label=name, color=color)
+        ys = [max(p["feature_bytes"], 1) / 1e6 for p in pts]
+        axes[1].plot(ns, ys, "o-", label=f"{name}: features", color=color)
+        ys = [max(p["peak_rss_delta_bytes"], 1) / 1e6 for p in pts]
+        axes[1].plot(ns, ys, "x--", label=f"{name}: peak RSS", color=color)
     axes[0].set_ylabel("extract wall time (s)")
     axes[1].set_ylabel("MB")
     for ax in axes:
