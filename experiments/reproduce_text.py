@@ -39,6 +39,7 @@ from text_features import TASKS, TextTask, build_pool, extract_pool, random_init
 
 import savlens  # noqa: E402
 from savlens.compare import layer_budget  # noqa: E402
+from savlens.threads import limit_threads  # noqa: E402
 from savlens.zoo.smollm2 import savlens_cache_root  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -144,13 +145,6 @@ def tasks_for(args: argparse.Namespace) -> list[TextTask]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     t_start = time.perf_counter()
-    torch.set_num_threads(args.threads)
-    try:  # numpy / scipy / scikit-learn BLAS and OpenMP pools too: oversubscribed threads thrash on a shared machine
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(args.threads)
-    except ImportError:
-        pass
     log = print
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -656,7 +650,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.render_only:
         results = json.loads(args.json.read_text(encoding="utf-8"))
     else:
-        results = run(args)
+        # torch and the BLAS / OpenMP pools (numpy, scipy, scikit-learn): oversubscribed threads thrash on a
+        # shared machine. Imported here so that its BLAS / OpenMP libraries are loaded before the limit is set.
+        import sklearn.linear_model  # noqa: F401
+
+        with limit_threads(args.threads):
+            results = run(args)
         write_json(args.json, results)
         print(f"wrote {args.json}")
     if args.markdown is not None:

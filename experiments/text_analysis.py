@@ -75,8 +75,11 @@ def knn_accuracy(heads: HeadSet, train: HeadFeatures, test: HeadFeatures, seed: 
 
 
 def probe_accuracy(heads: HeadSet, train: HeadFeatures, test: HeadFeatures, seed: int) -> float:
-    """Logistic regression (scikit-learn, C = 1) on the unit-normalised concatenated vectors of ``heads``."""
-    return _quiet_fit(HeadLinearProbe(heads, seed=seed), train).score(test)
+    """Logistic regression (scikit-learn, C = 1) on the unit-normalised concatenated vectors of ``heads``.
+
+    ``n_threads=None``: the thread pools are the caller's (``reproduce_text.py --threads``, default 1).
+    """
+    return _quiet_fit(HeadLinearProbe(heads, seed=seed, n_threads=None), train).score(test)
 
 
 def main_arms(

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from savlens.errors import FeatureError, HookNameError, LabelError
@@ -137,6 +137,21 @@ class HeadFeatures:
         prompt_template: the prompt template the examples were rendered with (None: the raw text).
         layers: the model layer of each ``layer`` row (``range(n_layers)`` when all layers were read).
         meta: free-form JSON-serialisable extras (library versions, dtype, ...).
+        log_probs: the model's next-token log-probabilities (``log_softmax`` over the whole vocabulary, float32)
+            at each example's last real token, kept by ``savlens.extract(..., logits="last")``; None otherwise.
+            Its columns are the token ids in ``logit_tokens`` in that order, or the whole vocabulary (column =
+            token id) when ``logit_tokens`` is None.
+        logit_tokens: the token id of each ``log_probs`` column, or None when the columns are the whole
+            vocabulary (or when there are no ``log_probs``).
+        top_token: the id of the most likely next token over the whole vocabulary (the greedy answer's first
+            token) at each example's last real token; kept with ``log_probs``, even when ``logit_tokens``
+            keeps only a few columns.
+
+    Example:
+        >>> f = HeadFeatures(torch.zeros(2, 1, 1, 4), log_probs=torch.tensor([[-0.5, -2.25], [-3.0, -0.125]]),
+        ...                  logit_tokens=(17, 4), top_token=torch.tensor([17, 9]))
+        >>> f.subset([1]).log_probs.tolist(), f.subset([1]).top_token.tolist()
+        ([[-3.0, -0.125]], [9])
     """
 
     z: Float[Tensor, "example layer head_index d_head"]
@@ -148,6 +163,9 @@ class HeadFeatures:
     prompt_template: str | None = None
     layers: tuple[int, ...] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    log_probs: Float[Tensor, "example d_vocab"] | None = None
+    logit_tokens: tuple[int, ...] | None = None
+    top_token: Int[Tensor, " example"] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.z, Tensor) or self.z.ndim != 4:
@@ -179,6 +197,29 @@ class HeadFeatures:
             self.labels = list(self.labels)
             if len(self.labels) != n:
                 raise LabelError(f"{len(self.labels)} labels for example={n} rows of z; give one label per example.")
+        self._check_next_token(n)
+
+    def _check_next_token(self, n: int) -> None:
+        """Check ``log_probs`` / ``logit_tokens`` / ``top_token`` against each other and ``example`` = n."""
+        if self.logit_tokens is not None:
+            self.logit_tokens = tuple(int(t) for t in self.logit_tokens)
+            if self.log_probs is None:
+                raise FeatureError("HeadFeatures.logit_tokens names the columns of log_probs, but log_probs is None.")
+        for name, value, ndim in (("log_probs", self.log_probs, 2), ("top_token", self.top_token, 1)):
+            if value is None:
+                continue
+            if not isinstance(value, Tensor) or value.ndim != ndim or value.shape[0] != n:
+                shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                want = "[example d_vocab]" if ndim == 2 else "[example]"
+                raise FeatureError(
+                    f"HeadFeatures.{name} must be a {ndim}-d tensor {want} with example={n}; got {shape}."
+                )
+        lp, tokens = self.log_probs, self.logit_tokens
+        if lp is not None and tokens is not None and lp.shape[1] != len(tokens):
+            raise FeatureError(
+                f"HeadFeatures.log_probs has {lp.shape[1]} columns but logit_tokens names {len(tokens)} token ids; "
+                "give one id per column."
+            )
 
     # sizes -----------------------------------------------------------------------------------------
     @property
@@ -205,7 +246,9 @@ class HeadFeatures:
         return (
             f"HeadFeatures(example={self.n_examples}, layer={self.n_layers}, head_index={self.n_heads}, "
             f"d_head={self.d_head}, classes={n_classes}, model_id={self.model_id!r}, hook={self.hook!r}, "
-            f"positions={self.positions!r})"
+            f"positions={self.positions!r}"
+            + (f", log_probs={self.log_probs.shape[1]} columns" if self.log_probs is not None else "")
+            + ")"
         )
 
     # selection -------------------------------------------------------------------------------------
@@ -214,7 +257,14 @@ class HeadFeatures:
         idx = torch.as_tensor(index, dtype=torch.long)
         ids = [self.example_ids[i] for i in idx.tolist()]  # type: ignore[index]
         labels = [self.labels[i] for i in idx.tolist()] if self.labels is not None else None
-        return dataclasses.replace(self, z=self.z[idx], labels=labels, example_ids=ids)
+        return dataclasses.replace(
+            self,
+            z=self.z[idx],
+            labels=labels,
+            example_ids=ids,
+            log_probs=self.log_probs[idx] if self.log_probs is not None else None,
+            top_token=self.top_token[idx] if self.top_token is not None else None,
+        )
 
     def with_labels(self, labels: Sequence[Hashable]) -> "HeadFeatures":
         """Return a copy with ``labels`` attached (one per example)."""
@@ -243,7 +293,11 @@ class HeadFeatures:
 
     @staticmethod
     def concat(parts: Sequence["HeadFeatures"]) -> "HeadFeatures":
-        """Concatenate features of the same source along the example axis."""
+        """Concatenate features of the same source along the example axis.
+
+        ``log_probs`` / ``top_token`` are concatenated when every part has them (with the same ``logit_tokens``);
+        otherwise the result has none (the next-token output is an extra of ``extract(logits="last")``, not part
+        of the features)."""
         if not parts:
             raise FeatureError("HeadFeatures.concat needs at least one part.")
         for p in parts[1:]:
@@ -253,7 +307,15 @@ class HeadFeatures:
             raise LabelError("HeadFeatures.concat: some parts have labels and some do not.")
         labels = [lab for p in parts for lab in (p.labels or [])] if all(has_labels) else None
         ids = [i for p in parts for i in (p.example_ids or [])]
-        return dataclasses.replace(parts[0], z=torch.cat([p.z for p in parts]), labels=labels, example_ids=ids)
+        extra: dict[str, Any] = {"log_probs": None, "logit_tokens": None, "top_token": None}
+        same = len({p.logit_tokens for p in parts}) == 1
+        if same and all(p.log_probs is not None and p.top_token is not None for p in parts):
+            extra = {
+                "log_probs": torch.cat([p.log_probs for p in parts if p.log_probs is not None]),
+                "logit_tokens": parts[0].logit_tokens,
+                "top_token": torch.cat([p.top_token for p in parts if p.top_token is not None]),
+            }
+        return dataclasses.replace(parts[0], z=torch.cat([p.z for p in parts]), labels=labels, example_ids=ids, **extra)
 
 
 def layer_of(name: str) -> int | None:

@@ -2,9 +2,11 @@
 
 Layout of a store folder::
 
-    manifest.json            what the features are (model, hook, positions, template, grid) and which shards hold
-                             which example ids, with each shard's sha256
-    shard-00000.safetensors  one tensor ``z``: ``example layer head_index d_head``
+    manifest.json            what the features are (model, hook, positions, template, grid, next-token output
+                             kept) and which shards hold which example ids, with each shard's sha256
+    shard-00000.safetensors  ``z``: ``example layer head_index d_head``; with ``logits: "last"`` in the manifest
+                             also ``log_probs``: ``example d_vocab`` (float32; the columns of ``logit_tokens``,
+                             or the whole vocabulary when that is ``"all"``) and ``top_token``: ``example`` (int64)
 
 Every file is written to a temporary name in the same folder, flushed, then renamed, and the manifest is
 rewritten (atomically) only after its shard is in place: a kill at any point leaves a store whose manifest
@@ -19,7 +21,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from jaxtyping import Float, Int
 from safetensors.torch import save as st_save
+from torch import Tensor
 
 from savlens.cache import HeadFeatures
 from savlens.errors import SavlensError, StoreError
@@ -83,11 +87,21 @@ class FeatureStore:
         self.manifest["order"] = ids
         self._write_manifest()
 
-    def append(self, z: torch.Tensor, ids: list[str], labels: list[Any]) -> None:
-        """Write one shard of examples and record it in the manifest."""
+    def append(
+        self,
+        z: Float[Tensor, "example layer head_index d_head"],
+        ids: list[str],
+        labels: list[Any],
+        log_probs: Float[Tensor, "example d_vocab"] | None = None,
+        top_token: Int[Tensor, " example"] | None = None,
+    ) -> None:
+        """Write one shard of examples (with their next-token output, when kept) and record it in the manifest."""
         n = len(self.manifest["shards"])
         name = f"{self.shard_prefix}{n:05d}.safetensors"
-        data = st_save({"z": z.contiguous()})
+        tensors = {"z": z.contiguous()}
+        if log_probs is not None and top_token is not None:
+            tensors |= {"log_probs": log_probs.contiguous(), "top_token": top_token.contiguous()}
+        data = st_save(tensors)
         try:
             atomic_write_bytes(self.path / name, data)
             self.manifest["shards"].append({"file": name, "ids": ids, "labels": labels, "sha256": sha256(data)})
@@ -163,6 +177,16 @@ def _manifest_problem(manifest: dict[str, Any]) -> str | None:
                 return f"shard {k}: {key!r} is missing or not a {kind.__name__}"
         if not all(isinstance(i, str) for i in shard["ids"]):
             return f"shard {k}: ids must be strings"
+    if manifest.get("logits") not in (None, "last"):
+        return "'logits' must be null or \"last\""
+    tokens = manifest.get("logit_tokens")
+    if manifest.get("logits") == "last" and not (
+        tokens == "all"
+        or isinstance(tokens, list)
+        and tokens
+        and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in tokens)
+    ):
+        return "'logit_tokens' must be \"all\" or a list of token ids when 'logits' is \"last\""
     order = manifest.get("order")
     if order is not None and not (isinstance(order, list) and all(isinstance(i, str) for i in order)):
         return "'order' must be a list of id strings"
@@ -178,11 +202,12 @@ def _shard_path(root: Path, name: Any) -> Path:
     return root / name
 
 
-_ST_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "BF16": None}
+_ST_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "BF16": None, "I64": np.int64}
 
 
-def _mmap_tensor(path: Path, key: str = "z") -> torch.Tensor:
-    """Memory-map one tensor of a safetensors file (read-only, zero-copy for float32/16/64)."""
+def _mmap_tensor(path: Path, key: str = "z", ndim: int = 4) -> torch.Tensor:
+    """Memory-map one ``ndim``-d tensor of a safetensors file (read-only, zero-copy for float32/16/64 and int64;
+    ``top_token`` must be int64, every other tensor floating point)."""
     size = path.stat().st_size
     with open(path, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
@@ -199,10 +224,10 @@ def _mmap_tensor(path: Path, key: str = "z") -> torch.Tensor:
                 f"{str(path)!r} has no readable safetensors header for tensor {key!r} ({type(e).__name__}); "
                 "the shard is corrupt."
             ) from None
-    if np_dtype == "missing":
-        raise StoreError(f"{str(path)!r}: unsupported dtype {info['dtype']}.")
+    if np_dtype == "missing" or (info["dtype"] == "I64") != (key == "top_token"):
+        raise StoreError(f"{str(path)!r}: unsupported dtype {info['dtype']} for tensor {key!r}; the shard is corrupt.")
     itemsize = 2 if np_dtype is None else np.dtype(np_dtype).itemsize
-    if len(shape) != 4 or min(shape, default=0) < 0 or int(np.prod(shape)) * itemsize != end - start or start < 0:
+    if len(shape) != ndim or min(shape, default=0) < 0 or int(np.prod(shape)) * itemsize != end - start or start < 0:
         raise StoreError(f"{str(path)!r}: tensor {key!r} has {end - start} bytes, not {shape} {info['dtype']}.")
     if 8 + n + end > size:
         raise StoreError(
@@ -217,6 +242,9 @@ def _mmap_tensor(path: Path, key: str = "z") -> torch.Tensor:
 def open_store(path: str | os.PathLike[str], *, verify: bool = True) -> HeadFeatures:
     """Reopen a feature store as :class:`HeadFeatures` (shards memory-mapped; one copy when several shards).
 
+    A store extracted with ``logits="last"`` also fills ``log_probs``, ``logit_tokens`` and ``top_token``
+    (rows in the same example order as ``z``).
+
     Args:
         path: the store folder.
         verify: check each shard's sha256 against the manifest (reads every byte once).
@@ -227,6 +255,9 @@ def open_store(path: str | os.PathLike[str], *, verify: bool = True) -> HeadFeat
     root = Path(path)
     manifest = read_manifest(root)
     parts: list[torch.Tensor] = []
+    lp_parts: list[torch.Tensor] = []
+    top_parts: list[torch.Tensor] = []
+    next_token = manifest.get("logits") == "last"
     ids: list[str] = []
     labels: list[Any] = []
     for shard in manifest["shards"]:
@@ -255,17 +286,34 @@ def open_store(path: str | os.PathLike[str], *, verify: bool = True) -> HeadFeat
                 + (f" and the first shard holds {tuple(parts[0].shape[1:])}" if parts else "")
                 + ": the manifest and the shards disagree. Re-extract into a new store folder."
             )
+        if next_token:
+            lp, top = _mmap_tensor(file, "log_probs", 2), _mmap_tensor(file, "top_token", 1)
+            tokens = manifest["logit_tokens"]
+            width = lp_parts[0].shape[1] if lp_parts else len(tokens) if isinstance(tokens, list) else lp.shape[1]
+            if lp.shape != (z.shape[0], width) or top.shape != (z.shape[0],):
+                raise StoreError(
+                    f"{str(file)!r} holds log_probs of shape {tuple(lp.shape)} and top_token of shape "
+                    f"{tuple(top.shape)} for {z.shape[0]} examples, but the manifest asks for ({z.shape[0]}, {width}) "
+                    f"(logit_tokens {tokens if tokens == 'all' else len(tokens)}): the manifest and the shards "
+                    "disagree. Re-extract into a new store folder."
+                )
+            lp_parts.append(lp)
+            top_parts.append(top)
         parts.append(z)
         ids.extend(shard["ids"])
         labels.extend(shard["labels"])
     if not parts:
         raise StoreError(f"the feature store {str(root)!r} holds no examples yet.")
     z = parts[0] if len(parts) == 1 else torch.cat(parts)
+    lp_all = (lp_parts[0] if len(lp_parts) == 1 else torch.cat(lp_parts)) if next_token else None
+    top_all = (top_parts[0] if len(top_parts) == 1 else torch.cat(top_parts)) if next_token else None
     order = manifest.get("order")
     if order is not None and sorted(order) == sorted(ids) and order != ids:
         pos = {i: k for k, i in enumerate(ids)}
         idx = torch.tensor([pos[i] for i in order])
         z, ids, labels = z[idx], [ids[k] for k in idx.tolist()], [labels[k] for k in idx.tolist()]
+        lp_all = lp_all[idx] if lp_all is not None else None
+        top_all = top_all[idx] if top_all is not None else None
     has_labels = any(lab is not None for lab in labels)
     try:
         return HeadFeatures(
@@ -284,6 +332,9 @@ def open_store(path: str | os.PathLike[str], *, verify: bool = True) -> HeadFeat
                 "chat": manifest.get("chat", True),
                 "system_prompt": manifest.get("system_prompt"),
             },
+            log_probs=lp_all,
+            logit_tokens=tuple(manifest["logit_tokens"]) if next_token and manifest["logit_tokens"] != "all" else None,
+            top_token=top_all,
         )
     except SavlensError as e:  # e.g. an id listed in two shards
         raise StoreError(

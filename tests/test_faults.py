@@ -5,6 +5,7 @@ The SIGKILL trials fork children from a forkserver that has imported torch and s
 so each child starts in milliseconds; kill times are drawn from a seeded generator.
 """
 
+import contextlib
 import errno
 import json
 import multiprocessing as mp
@@ -72,7 +73,8 @@ def _run_child(ctx: Any, store: Path, delay: float | None) -> tuple[int | None, 
     if delay is not None:
         proc.join(delay)
         if proc.is_alive():
-            os.kill(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):  # it may finish between the check and the kill
+                os.kill(proc.pid, signal.SIGKILL)
     proc.join(120)
     return proc.exitcode, time.monotonic() - opened
 
