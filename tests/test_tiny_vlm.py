@@ -100,7 +100,7 @@ def test_loads_by_name_with_the_real_grid_and_frozen_parts() -> None:
     assert (s.n_layers, s.n_heads, s.n_kv_heads, s.d_head, s.d_model, s.d_vocab) == (30, 9, 3, 64, 576, 49152)
     assert model.attn_implementation == "sdpa"
     rs = model.resolved
-    assert (rs.vision_encoder, rs.vision_projector) == ("vision_tower.blocks.15", "multi_modal_projector")
+    assert (rs.vision_encoder, rs.vision_projector) == ("vision_tower.head_act", "multi_modal_projector")
     assert rs.image_token_id == 16 == model.tokenizer.convert_tokens_to_ids("<empty_output>")
     assert len(model.tokenizer) == 49152  # no token added, embedding not resized
     hf = model.hf
@@ -168,9 +168,11 @@ def test_trace_leaves_logits_identical_and_hook_z_is_the_o_proj_input() -> None:
     for layer in (0, 14, 29):
         want = seen[layer].reshape(batch.size, batch.seq_len, s.n_heads, s.d_head)
         assert torch.equal(z[f"blocks.{layer}.attn.hook_z"], want)
-    assert t.cache["vision_encoder.hook_out"].shape == (2, 320, 4, 4)
+    assert t.cache["vision_encoder.hook_out"].shape == (2, 1280, 4, 4)
     with torch.no_grad():
         proj = model.hf.get_image_features(batch.inputs["pixel_values"])
+        grid = model.hf.vision_tower(batch.inputs["pixel_values"], features_only=True)
+    assert torch.equal(t.cache["vision_encoder.hook_out"], grid)  # the tower's output, what the projector pools
     assert torch.equal(t.cache["vision_projector.hook_out"], proj)
 
 
@@ -263,3 +265,45 @@ def test_training_is_seeded_and_reproducible() -> None:
         assert all(0 < v < 20 for v in runs[0])
     finally:
         hf.multi_modal_projector.load_state_dict(before)
+
+
+def test_random_projector_control_loads_by_name() -> None:
+    control = savlens.load("tiny-vlm-random")
+    assert control.model_id == "tiny-vlm-random" and control.hf.config.projector_source == "random:seed0"
+    assert control.fingerprint != vlm().fingerprint
+    same = random_vlm().hf.multi_modal_projector.state_dict()
+    for name, w in control.hf.multi_modal_projector.state_dict().items():  # seeded: the same random weights
+        assert torch.equal(w, same[name])
+        assert not torch.equal(w, vlm().hf.multi_modal_projector.state_dict()[name])
+
+
+def test_attention_switches_to_eager_and_back_at_run_time() -> None:
+    from savlens.causal import eager_attention
+
+    model = savlens.load("tiny-vlm")  # its own copy: the switch must not leak into other tests' model
+    batch = savlens.Batch.from_examples(model, _mixed())
+    with savlens.trace(model, batch) as t_sdpa:
+        pass
+    with eager_attention(model):
+        assert model.attn_implementation == "eager"
+        with savlens.trace(model, batch) as t:
+            p = t.save("blocks.3.attn.hook_pattern", "last")
+    assert model.attn_implementation == "sdpa"
+    assert torch.allclose(t.logits, t_sdpa.logits, atol=1e-4)
+    rows = p.value.sum(-1)  # probabilities over the keys of each row's real tokens
+    assert torch.allclose(rows, torch.ones_like(rows), atol=1e-5)
+
+
+def test_image_features_pool_the_towers_output() -> None:
+    from savlens.demo import image_features
+    from savlens.errors import InputError
+
+    model = vlm()
+    exs = _mixed()[:2]
+    got = image_features(model, exs, batch_size=1)
+    px = savlens.Batch.from_examples(model, exs).inputs["pixel_values"]
+    with torch.no_grad():
+        want = model.hf.image_grid_features(px).mean(1)  # the 2x2 cells the projector reads, averaged
+    assert got.shape == (2, 1280) and torch.allclose(got, want, atol=1e-5)
+    with pytest.raises(InputError, match="exactly one image"):
+        image_features(model, [savlens.Example("no image here")])

@@ -137,6 +137,7 @@ class EfficientNetLite0(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.conv_head = SameConv2d(B0_BLOCKS[-1].d_out, 1280, 1)
         self.bn1 = nn.BatchNorm2d(1280, eps=BN_EPS)
+        self.head_act = nn.ReLU6()  # a module (no weights) so that hooks can read the tower's output grid
         self.fc = nn.Linear(1280, n_classes)
 
     @property
@@ -149,7 +150,7 @@ class EfficientNetLite0(nn.Module):
         x = F.relu6(self.bn0(self.stem(pixel_values)))
         for block in self.blocks:
             x = block(x)
-        return F.relu6(self.bn1(self.conv_head(x)))
+        return self.head_act(self.bn1(self.conv_head(x)))
 
     def forward(self, pixel_values: Float[Tensor, "batch 3 height width"], *, features_only: bool = False) -> Tensor:
         """Return ImageNet logits (``batch 1000``: global average pool of :meth:`features`, then ``fc``), or

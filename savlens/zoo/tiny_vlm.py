@@ -18,9 +18,10 @@ code-pretraining data uses and that the chat template never emits: no token is a
 matrix is not resized, and that token's own embedding is never read (image positions are overwritten by
 the projector's output before the first decoder layer).
 
-Module paths (the ``tiny_vlm`` spec in ``savlens/models/families.py``): ``vision_tower`` (EfficientNet-Lite0,
-``vision_tower.blocks.15`` its last MBConv block), ``multi_modal_projector``, ``language_model`` (the
-``LlamaForCausalLM``; decoder layers ``language_model.model.layers``).
+Module paths (the ``tiny_vlm`` spec in ``savlens/models/families.py``): ``vision_tower`` (EfficientNet-Lite0;
+``vision_tower.head_act`` is its 1280-channel output grid, read as ``vision_encoder.hook_out``),
+``multi_modal_projector``, ``language_model`` (the ``LlamaForCausalLM``; decoder layers
+``language_model.model.layers``).
 """
 
 import hashlib
@@ -135,6 +136,12 @@ class TinyVLM(nn.Module):
     @property
     def n_image_tokens(self) -> int:
         return self.config.num_image_tokens
+
+    def set_attn_implementation(self, attn_implementation: str) -> None:
+        """Switch the language model's attention (``"eager"`` for attention patterns, ``"sdpa"``), as HF
+        models do; the vision tower is a CNN and has no attention."""
+        self.language_model.set_attn_implementation(attn_implementation)
+        self.config._attn_implementation = self.language_model.config._attn_implementation
 
     def image_grid_features(
         self, pixel_values: Float[Tensor, "vision_batch 3 height width"]
