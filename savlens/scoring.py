@@ -324,10 +324,12 @@ def _correct_loo(x: Tensor, codes: Tensor, n_classes: int, heads_per_chunk: int 
     # + |x|^2) with the others'; with float32 dot products its rounding (~1e-7) can outweigh the real differences
     # of a near-constant head and bias it towards its own class (a head at chance scored 0.975). Chunked over
     # heads so the float64 copy stays small.
-    return torch.cat([
-        _correct_loo_f64(x[:, j : j + heads_per_chunk].double(), codes, n_classes)
-        for j in range(0, x.shape[1], heads_per_chunk)
-    ])
+    return torch.cat(
+        [
+            _correct_loo_f64(x[:, j : j + heads_per_chunk].double(), codes, n_classes)
+            for j in range(0, x.shape[1], heads_per_chunk)
+        ]
+    )
 
 
 def _correct_loo_f64(x: Tensor, codes: Tensor, n_classes: int) -> Tensor:

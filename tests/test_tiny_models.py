@@ -174,8 +174,9 @@ def test_chat_template_text():
     tok = build_tokenizer("plain")
     msgs = [{"role": "system", "content": "you are helpful ."}, {"role": "user", "content": "hi"}]
     out = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-    assert out == ("<|im_start|>system\nyou are helpful .<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n"
-                   "<|im_start|>assistant\n")
+    assert out == (
+        "<|im_start|>system\nyou are helpful .<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    )
     as_items = [msgs[0], {"role": "user", "content": [{"type": "text", "text": "hi"}]}]
     assert tok.apply_chat_template(as_items, add_generation_prompt=True, tokenize=False) == out
     assert tok.apply_chat_template(msgs, tokenize=False).endswith("hi<|im_end|>\n")
@@ -202,15 +203,22 @@ def test_chat_template_images(family):
 
 # ---------------------------------------------------------------- forward on processor-built batches
 
-ROWS = [(1, "what color is it ?"), (1, "describe the picture in one short word please ."),
-        (0, "how many dogs are there ?")]
+ROWS = [
+    (1, "what color is it ?"),
+    (1, "describe the picture in one short word please ."),
+    (0, "how many dogs are there ?"),
+]
 
 
 def _batch(family, tm, rows=ROWS):
     """Texts and images of a left-padded batch; a VLM gets images of different sizes and one text-only row."""
     vlm = family in VLM_FAMILIES
-    texts = [tm.processor.apply_chat_template(user_turn(t, k) if vlm else [{"role": "user", "content": t}],
-                                              add_generation_prompt=True, tokenize=False) for k, t in rows]
+    texts = [
+        tm.processor.apply_chat_template(
+            user_turn(t, k) if vlm else [{"role": "user", "content": t}], add_generation_prompt=True, tokenize=False
+        )
+        for k, t in rows
+    ]
     images, pool = [], iter(sample_images(sum(k for k, _ in rows)))
     for k, _ in rows:
         images.append([next(pool) for _ in range(k if vlm else 0)])
@@ -270,8 +278,9 @@ def test_image_token_counts(family):
 def test_llava_multi_image_row():
     tm = build_tiny("llava_onevision")
     proc = tm.processor
-    texts = [proc.apply_chat_template(user_turn("same ?", k), add_generation_prompt=True, tokenize=False)
-             for k in (1, 2)]
+    texts = [
+        proc.apply_chat_template(user_turn("same ?", k), add_generation_prompt=True, tokenize=False) for k in (1, 2)
+    ]
     imgs = sample_images(3)
     enc = tm.processor(text=texts, images=[[imgs[0]], [imgs[1], imgs[2]]], padding=True, return_tensors="pt")
     # a multi-image row uses the base tile only: 16 tokens + 1 newline per image

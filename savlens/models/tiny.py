@@ -87,8 +87,14 @@ _IMAGE_MARKUP = {
     "qwen": "<|vision_start|><|image_pad|><|vision_end|>",
     "llava": "<image>\n",
 }
-_KIND_OF = {"llama": "plain", "qwen2": "plain", "mistral": "plain", "llava_onevision": "llava",
-            "qwen2_vl": "qwen", "qwen2_5_vl": "qwen"}
+_KIND_OF = {
+    "llama": "plain",
+    "qwen2": "plain",
+    "mistral": "plain",
+    "llava_onevision": "llava",
+    "qwen2_vl": "qwen",
+    "qwen2_5_vl": "qwen",
+}
 
 # ~200 common English words (lower case: the tokenizer lower-cases its input), then punctuation and digits.
 _WORD_TEXT = """
@@ -222,9 +228,16 @@ def _config_and_processor(family: str, tok: PreTrainedTokenizerFast, n_layers: i
     if family == "llava_onevision":
         cfg = LlavaOnevisionConfig(
             text_config=dict(txt, model_type="qwen2", rope_parameters=rope),
-            vision_config=dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64,
-                               num_hidden_layers=2, num_attention_heads=2, patch_size=8, image_size=32,
-                               vision_use_head=False),
+            vision_config=dict(
+                model_type="siglip_vision_model",
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                patch_size=8,
+                image_size=32,
+                vision_use_head=False,
+            ),
             image_token_index=ids("<image>"),
             video_token_index=ids("<video>"),
             image_grid_pinpoints=[list(p) for p in LLAVA_PINPOINTS],
@@ -233,32 +246,60 @@ def _config_and_processor(family: str, tok: PreTrainedTokenizerFast, n_layers: i
             vision_aspect_ratio="anyres_max_9",
             tie_word_embeddings=False,
         )
-        ip = LlavaOnevisionImageProcessorPil(size={"height": 32, "width": 32},
-                                             image_grid_pinpoints=[list(p) for p in LLAVA_PINPOINTS])
-        proc = _LlavaOVProc(image_processor=ip, tokenizer=tok, chat_template=template,
-                            num_image_tokens=(32 // 8) ** 2, vision_feature_select_strategy="full",
-                            vision_aspect_ratio="anyres_max_9")
+        ip = LlavaOnevisionImageProcessorPil(
+            size={"height": 32, "width": 32}, image_grid_pinpoints=[list(p) for p in LLAVA_PINPOINTS]
+        )
+        proc = _LlavaOVProc(
+            image_processor=ip,
+            tokenizer=tok,
+            chat_template=template,
+            num_image_tokens=(32 // 8) ** 2,
+            vision_feature_select_strategy="full",
+            vision_aspect_ratio="anyres_max_9",
+        )
         return cfg, LlavaOnevisionForConditionalGeneration, proc
     qtext = dict(txt, rope_parameters=dict(rope, mrope_section=[2, 3, 3]))  # sums to head_dim / 2
-    qids: dict[str, Any] = dict(image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
-                                vision_start_token_id=ids("<|vision_start|>"),
-                                vision_end_token_id=ids("<|vision_end|>"))
+    qids: dict[str, Any] = dict(
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+    )
     qip = Qwen2VLImageProcessorPil(min_pixels=QWEN_MIN_PIXELS, max_pixels=QWEN_MAX_PIXELS)
     if family == "qwen2_vl":
         cfg = Qwen2VLConfig(
             text_config=qtext,
-            vision_config=dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=14,
-                               spatial_merge_size=2, temporal_patch_size=2),
-            tie_word_embeddings=False, **qids,
+            vision_config=dict(
+                depth=2,
+                embed_dim=32,
+                hidden_size=64,
+                num_heads=2,
+                mlp_ratio=2,
+                patch_size=14,
+                spatial_merge_size=2,
+                temporal_patch_size=2,
+            ),
+            tie_word_embeddings=False,
+            **qids,
         )
         return cfg, Qwen2VLForConditionalGeneration, _QwenVLProc(qip, tok, chat_template=template)
     if family == "qwen2_5_vl":
         cfg = Qwen2_5_VLConfig(
             text_config=qtext,
-            vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
-                               patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
-                               fullatt_block_indexes=[1]),
-            tie_word_embeddings=False, **qids,
+            vision_config=dict(
+                depth=2,
+                hidden_size=32,
+                intermediate_size=64,
+                num_heads=2,
+                out_hidden_size=64,
+                patch_size=14,
+                spatial_merge_size=2,
+                temporal_patch_size=2,
+                window_size=56,
+                fullatt_block_indexes=[1],
+            ),
+            tie_word_embeddings=False,
+            **qids,
         )
         return cfg, Qwen2_5_VLForConditionalGeneration, _Qwen25VLProc(qip, tok, chat_template=template)
     raise ValueError(f"unknown tiny family {family!r}; expected one of {FAMILIES}")
