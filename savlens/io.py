@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from safetensors.torch import save as save_bytes
 from torch import Tensor
 
 from savlens.errors import StoreError
@@ -117,6 +118,20 @@ def write_tensors(path: PathLike, tensors: Mapping[str, Tensor], metadata: Mappi
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
     _atomic_write(path, lambda tmp: save_file(plain, tmp, metadata=meta))
     return sha256_file(path)
+
+
+def tensors_to_bytes(tensors: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None) -> bytes:
+    """Return ``tensors`` serialised as a safetensors file (for content-addressed names: hash, then write
+    with :func:`write_bytes`). Same conversions as :func:`write_tensors`.
+
+    Example:
+        >>> data = tensors_to_bytes({"x": torch.arange(3.0)})
+        >>> from safetensors.torch import load
+        >>> load(data)["x"].tolist()
+        [0.0, 1.0, 2.0]
+    """
+    plain = {str(k): v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    return save_bytes(plain, metadata={str(k): str(v) for k, v in (metadata or {}).items()})
 
 
 def read_tensors(path: PathLike, *, sha256: str | None = None) -> dict[str, Tensor]:

@@ -21,7 +21,7 @@ from torch import Tensor
 from savlens.cache import HeadFeatures
 from savlens.errors import ArgumentError, FeatureError, LabelError, SavlensError, StoreError
 from savlens.heads import Head, HeadScores, HeadSet
-from savlens.io import json_safe, read_json, read_tensors, write_json, write_tensors
+from savlens.io import json_safe, read_json, read_tensors, sha256_bytes, tensors_to_bytes, write_bytes, write_json
 from savlens.pipeline import as_features, remembered
 from savlens.scoring import (
     EPS,
@@ -403,11 +403,15 @@ class SAV:
 
     # persistence -----------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Save to the folder ``path``: ``tensors.safetensors`` (centroids, scores) and ``manifest.json``.
+        """Save to the folder ``path``: ``tensors-<sha256[:16]>.safetensors`` (centroids, scores) and
+        ``manifest.json``.
 
         The manifest records the parameters, classes and their type, heads, the training features'
         provenance (model id, hook, positions, prompt template hash, layers, grid), library versions and the
-        tensor file's SHA-256. Both files are written atomically. No pickle.
+        tensor file's name and SHA-256. Saving over an earlier save is atomic as a whole: the tensor file is
+        named by its content and written first, the manifest that names it replaces the old one in one rename,
+        and only then are tensor files no manifest names removed; a crash at any point leaves the old save or
+        the new one, never a mix. No pickle.
         """
         self._check_fitted("SAV.save")
         folder = Path(path)
@@ -418,7 +422,10 @@ class SAV:
         tensors = {"centroids": self.centroids_}
         if self.scores_ is not None:
             tensors["scores"] = self.scores_.scores
-        digest = write_tensors(folder / "tensors.safetensors", tensors, {"format": FORMAT})
+        data = tensors_to_bytes(tensors, {"format": FORMAT})
+        digest = sha256_bytes(data)
+        tensor_file = f"tensors-{digest[:16]}.safetensors"
+        write_bytes(folder / tensor_file, data)
         params = self.get_params()
         params["scorer"] = scorer_name(self.scorer)
         params["scorer_params"] = json_safe(dict(self.scorer_params or {}))
@@ -442,13 +449,16 @@ class SAV:
             "extract_options": json_safe(getattr(self, "extract_options_", {})),
             "versions": library_versions(),
             "tensors": {
-                "file": "tensors.safetensors",
+                "file": tensor_file,
                 "sha256": digest,
                 "centroids": list(self.centroids_.shape),
                 "dtype": str(self.centroids_.dtype).removeprefix("torch."),
             },
         }
         write_json(folder / "manifest.json", manifest)
+        for old in folder.glob("tensors*.safetensors"):  # earlier saves' tensors, no longer named by the manifest
+            if old.name != tensor_file:
+                old.unlink(missing_ok=True)
         return folder
 
     @classmethod
@@ -470,7 +480,7 @@ class SAV:
             there = "it is a file" if folder.exists() else "it does not exist"
             raise StoreError(
                 f"SAV.load: {str(folder)!r} is not a saved SAV ({there}); SAV.save writes a folder holding "
-                "manifest.json and tensors.safetensors. Give the path of that folder."
+                "manifest.json and the tensor file it names. Give the path of that folder."
             )
         manifest = read_json(folder / "manifest.json")
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:

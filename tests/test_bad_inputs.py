@@ -736,7 +736,7 @@ def _(env: Env) -> Call:
 @bad("a saved SAV whose hash does not match", StoreError, r"has SHA-256 .* but its manifest records", r"Re-create it")
 def _(env: Env) -> Call:
     folder = _saved_sav(env)
-    tensors = folder / "tensors.safetensors"
+    tensors = folder / json.loads((folder / "manifest.json").read_text())["tensors"]["file"]
     data = bytearray(tensors.read_bytes())
     data[-1] ^= 0xFF
     tensors.write_bytes(bytes(data))
@@ -758,7 +758,7 @@ def _(env: Env) -> Call:
 def _(env: Env) -> Call:
     folder = _saved_sav(env)
     junk = b"\x80\x04\x95 pickled bytes, never unpickled"
-    (folder / "tensors.safetensors").write_bytes(junk)
+    (folder / json.loads((folder / "manifest.json").read_text())["tensors"]["file"]).write_bytes(junk)
     _edit_sav_manifest(folder, lambda m: m["tensors"].update(sha256=hashlib.sha256(junk).hexdigest()))
     return Call(lambda: SAV.load(folder))
 
@@ -771,7 +771,9 @@ def _(env: Env) -> Call:
 )
 def _(env: Env) -> Call:
     folder = _saved_sav(env)
-    shutil.copy(folder / "tensors.safetensors", env.tmp / "stolen.safetensors")
+    shutil.copy(
+        folder / json.loads((folder / "manifest.json").read_text())["tensors"]["file"], env.tmp / "stolen.safetensors"
+    )
     _edit_sav_manifest(folder, lambda m: m["tensors"].update(file="../stolen.safetensors"))
     return Call(lambda: SAV.load(folder))
 

@@ -219,6 +219,32 @@ def test_save_load_round_trip(tmp_path, reference: bool) -> None:
     assert not list(path.glob("*.tmp")) and not list(path.glob(".*"))
 
 
+def test_saving_over_a_save_is_atomic_as_a_whole(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crash between the tensor file and the manifest leaves the old save loadable and unchanged; a
+    completed save leaves exactly one tensor file, the one its manifest names."""
+    import savlens.sav as sav_module
+
+    train, test = split_planted(signal=2.0)
+    first, second = SAV(k=5).fit(train), SAV(k=2).fit(train)
+    path = first.save(tmp_path / "task.sav")
+
+    def crash(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise KeyboardInterrupt  # the process dies before the manifest is replaced
+
+    monkeypatch.setattr(sav_module, "write_json", crash)
+    with pytest.raises(KeyboardInterrupt):
+        second.save(path)
+    monkeypatch.undo()
+    assert len(list(path.glob("tensors-*.safetensors"))) == 2  # the new file exists but nothing names it yet
+    survived = SAV.load(path)
+    assert survived.k == 5 and torch.equal(survived.centroids_, first.centroids_)
+    second.save(path)
+    files = sorted(p.name for p in path.iterdir())
+    named = json.loads((path / "manifest.json").read_text())["tensors"]["file"]
+    assert files == sorted(["manifest.json", named])  # the stale tensor files are gone
+    assert SAV.load(path).k == 2 and SAV.load(path).predict(test) == second.predict(test)
+
+
 def test_load_refuses_tampering_and_other_sources(tmp_path) -> None:
     train, test = split_planted(signal=2.0)
     f = HeadFeatures(
@@ -240,7 +266,7 @@ def test_load_refuses_tampering_and_other_sources(tmp_path) -> None:
     with pytest.raises(StoreError, match="unknown keys \\['model'\\]"):
         SAV.load(path, expect={"model": "m1"})
     SAV.load(path, expect={"model_id": "m1", "prompt_template": "Q: {q}", "d_head": 8})
-    tensors = path / "tensors.safetensors"
+    tensors = path / json.loads((path / "manifest.json").read_text())["tensors"]["file"]
     data = bytearray(tensors.read_bytes())
     data[-1] ^= 0xFF
     tensors.write_bytes(bytes(data))

@@ -125,7 +125,9 @@ def test_store_manifest_escapes_are_refused_before_reading(tmp_path: Path, monke
 def test_sav_tensor_paths_cannot_leave_the_folder(name: str, tmp_path: Path) -> None:
     feats = HeadFeatures(torch.randn(8, 2, 4, 8, generator=torch.Generator().manual_seed(0)), labels=["a", "b"] * 4)
     folder = SAV(k=2).fit(feats).save(tmp_path / "clf.sav")
-    shutil.copy(folder / "tensors.safetensors", tmp_path / "stolen.safetensors")
+    shutil.copy(
+        folder / json.loads((folder / "manifest.json").read_text())["tensors"]["file"], tmp_path / "stolen.safetensors"
+    )
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest["tensors"]["file"] = name.replace("/abs", str(tmp_path))
     (folder / "manifest.json").write_text(json.dumps(manifest))
