@@ -165,46 +165,31 @@ def task_for(
 # ---- the forward passes -------------------------------------------------------------------------------
 
 
-def features_and_logits(
+def head_features(
     model: Model,
     examples: Sequence[Example],
     *,
     prompt_template: str | None,
+    tokens: dict[Hashable, list[int]] | None = None,
     batch_size: int = 8,
     progress: bool = True,
-    desc: str = "forward",
-) -> tuple[HeadFeatures, Tensor]:
-    """Run ``model`` once per example (batched) and return every head's ``hook_z`` at the last token and the
-    last-token logits (``example d_vocab``), in the order of ``examples``.
+) -> HeadFeatures:
+    """Run ``model`` once per example (batched) and return every head's ``hook_z`` at the last token; with
+    ``tokens`` (:func:`answer_tokens`), also the next-token log-probs of those tokens and the greedy next
+    token from the same forward pass (``log_probs``, ``top_token``: :func:`savlens.extract` with
+    ``logits="last"``)."""
+    from savlens.extraction import extract
 
-    Examples are batched by length (less padding); batching does not change the features (padding-invariant
-    positions), so the features equal those of :func:`savlens.extract` on the same examples and template.
-    """
-    from tqdm.auto import tqdm
-
-    order = sorted(range(len(examples)), key=lambda i: (examples[i].n_images, len(examples[i].text)))
-    z: list[Tensor | None] = [None] * len(examples)
-    logits: list[Tensor | None] = [None] * len(examples)
-    with tqdm(total=len(examples), desc=desc, unit="ex", disable=not progress) as bar:
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            batch = Batch.from_examples(model, [examples[i] for i in idx], prompt_template=prompt_template)
-            with trace(model, batch) as t:
-                h = t.save("blocks.*.attn.hook_z", "last", device="cpu", dtype=torch.float32)
-            for row, i in enumerate(idx):
-                z[i] = h.value[row, 0]
-                logits[i] = t.logits[row, 0].float().cpu()
-            bar.update(len(idx))
-    feats = HeadFeatures(
-        torch.stack(z),  # type: ignore[arg-type]
-        labels=[e.label for e in examples],
-        example_ids=[e.id if e.id is not None else str(i) for i, e in enumerate(examples)],
-        model_id=model.model_id,
-        positions="last",
+    ids = sorted({t for ts in (tokens or {}).values() for t in ts})
+    return extract(
+        model,
+        examples,
         prompt_template=prompt_template,
-        meta={"fingerprint": model.fingerprint},
+        batch_size=batch_size,
+        progress=progress,
+        logits="last" if ids else None,
+        logit_tokens=ids or None,
     )
-    return feats, torch.stack(logits)  # type: ignore[arg-type]
 
 
 def image_features(model: Model, examples: Sequence[Example], *, batch_size: int = 32) -> Tensor:
@@ -259,20 +244,27 @@ def answer_tokens(tokenizer: Any, classes: Sequence[Hashable]) -> dict[Hashable,
     return {c: sorted(t for t, owners in firsts.items() if owners == {c} and t != unk) for c in classes}
 
 
-def zero_shot(logits: Tensor, tokens: dict[Hashable, list[int]]) -> tuple[list[Hashable | None], list[Hashable | None]]:
-    """Return the zero-shot answers from last-token logits: ``(greedy, restricted)``.
+def zero_shot(
+    features: HeadFeatures, tokens: dict[Hashable, list[int]]
+) -> tuple[list[Hashable | None], list[Hashable | None]]:
+    """Return the zero-shot answers kept by :func:`head_features`: ``(greedy, restricted)``.
 
     ``greedy``: the class whose answer starts with the model's most likely next token, or None when that
     token starts no class (the model answered something else). ``restricted``: the class whose best
-    answer token has the highest logit, i.e. the model's answer when it must pick one of the classes
-    (None for every example when fewer than two classes have an answer token).
+    answer token has the highest log-prob, i.e. the model's answer when it must pick one of the classes
+    (None for every example when fewer than two classes have an answer token or no log-probs were kept).
     """
+    n = features.n_examples
+    if features.top_token is None or features.log_probs is None or features.logit_tokens is None:
+        return [None] * n, [None] * n
     owner = {t: c for c, ts in tokens.items() for t in ts}
-    greedy = [owner.get(int(t)) for t in logits.argmax(-1).tolist()]
+    greedy = [owner.get(int(t)) for t in features.top_token.tolist()]
     usable = [c for c, ts in tokens.items() if ts]
     if len(usable) < 2:
-        return greedy, [None] * logits.shape[0]
-    best = torch.stack([logits[:, tokens[c]].max(-1).values for c in usable], dim=-1)
+        return greedy, [None] * n
+    column = {t: j for j, t in enumerate(features.logit_tokens)}
+    lp = features.log_probs
+    best = torch.stack([lp[:, [column[t] for t in tokens[c]]].max(-1).values for c in usable], dim=-1)
     return greedy, [usable[i] for i in best.argmax(-1).tolist()]
 
 
@@ -431,22 +423,16 @@ def run_demo(
     from savlens.compare import layer_budget
 
     t0 = time.perf_counter()
-    train, _ = features_and_logits(
-        model,
-        task.train,
-        prompt_template=task.prompt_template,
-        batch_size=batch_size,
-        progress=progress,
-        desc="train",
-    )
-    test, test_logits = features_and_logits(
-        model,
-        task.test,
-        prompt_template=task.prompt_template,
-        batch_size=batch_size,
-        progress=progress,
-        desc="test",
-    )
+    tokens = answer_tokens(model.tokenizer, task.classes)
+
+    def features(m: Model, examples: list[Example], template: str | None, answers: bool) -> HeadFeatures:
+        return head_features(
+            m, examples, prompt_template=template, tokens=tokens if answers else None, batch_size=batch_size,
+            progress=progress,
+        )  # fmt: skip
+
+    train = features(model, task.train, task.prompt_template, False)
+    test = features(model, task.test, task.prompt_template, True)
     t_forward = time.perf_counter() - t0
     t1 = time.perf_counter()
     n_units = train.n_layers * train.n_heads
@@ -474,30 +460,18 @@ def run_demo(
         rows.append(_row(f"logistic probe on the same {k} heads", probe.score(test), n))
     except SavlensError:  # scikit-learn is optional
         rows.append(_row(f"logistic probe on the same {k} heads", None, n, "needs scikit-learn"))
-    tokens = answer_tokens(model.tokenizer, task.classes)
-    greedy, restricted = zero_shot(test_logits, tokens)
+    greedy, restricted = zero_shot(test, tokens)
     rows += zero_shot_rows(greedy, restricted, truth, has_tokens=any(tokens.values()))
     t_methods = time.perf_counter() - t1
     t2 = time.perf_counter()
     for what, template in task.other_prompts.items():
-        o_train, _ = features_and_logits(
-            model, task.train, prompt_template=template, batch_size=batch_size, progress=progress, desc=what[:20]
-        )
-        o_test, logits = features_and_logits(
-            model, task.test, prompt_template=template, batch_size=batch_size, progress=progress, desc=what[:20]
-        )
+        o_train, o_test = features(model, task.train, template, False), features(model, task.test, template, True)
         rows.append(_row(f"SAV ({what})", SAV(k=k, seed=seed).fit(o_train).score(o_test), n))
-        g, r = zero_shot(logits, tokens)
+        g, r = zero_shot(o_test, tokens)
         rows += zero_shot_rows(g, r, truth, has_tokens=any(tokens.values()), prompt=what)
     if control is not None:
-        c_train, _ = features_and_logits(
-            control, task.train, prompt_template=task.prompt_template, batch_size=batch_size, progress=progress,
-            desc="control train",
-        )  # fmt: skip
-        c_test, _ = features_and_logits(
-            control, task.test, prompt_template=task.prompt_template, batch_size=batch_size, progress=progress,
-            desc="control test",
-        )  # fmt: skip
+        c_train = features(control, task.train, task.prompt_template, False)
+        c_test = features(control, task.test, task.prompt_template, False)
         note = f" ({control_note})" if control_note else ""
         rows.append(
             _row(f"control: SAV on {control.model_id}{note}", SAV(k=k, seed=seed).fit(c_train).score(c_test), n)
@@ -758,7 +732,7 @@ __all__ = [
     "answer_tokens",
     "check_family",
     "easy_vqa_task",
-    "features_and_logits",
+    "head_features",
     "fortunes_task",
     "image_features",
     "run_demo",

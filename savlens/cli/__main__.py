@@ -1,0 +1,6 @@
+"""``python -m savlens.cli``: the ``savlens`` command."""
+
+from savlens.cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

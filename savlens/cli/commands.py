@@ -1,0 +1,400 @@
+"""The ``savlens`` commands: one ``cmd_<name>(args) -> exit code`` per subcommand, plus what only they use."""
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Hashable, Sequence
+from pathlib import Path
+from typing import Any
+
+from savlens.cli._common import (
+    EXIT_ERROR,
+    EXIT_OK,
+    UsageError,
+    emit,
+    extract_options,
+    features_for_sav,
+    is_store,
+    load_model,
+    load_sav,
+    need_path,
+    read_examples,
+    read_features,
+    require_model,
+    save_figure,
+    store_options,
+)
+from savlens.errors import LabelError
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run ``savlens demo``: few-shot head selection and voting on a model, against its baselines."""
+    from savlens import demo
+
+    t0 = time.perf_counter()
+    model = load_model(args.model, dtype=args.dtype, attn=args.attn, device=args.device)
+    load_s = time.perf_counter() - t0
+    n_units = model.n_layers * model.n_heads
+    if args.k > n_units:
+        raise UsageError(f"--k {args.k} is more than the {n_units} heads of {model.model_id!r}.")
+    categories = args.categories.split(",") if args.categories else None
+    task = demo.task_for(model, args.task, shots=args.shots, n_test=args.test, seed=args.seed, categories=categories)
+    control, control_note = None, ""
+    if args.model in demo.CONTROLS and not args.no_control:
+        control_name, control_note = demo.CONTROLS[args.model]
+        control = load_model(control_name, dtype=args.dtype, attn=args.attn, device=args.device)
+    if not args.quiet and not args.json:
+        print(f"savlens demo: {model!r}", file=sys.stderr)
+        print(
+            f"task: {task.description}; {args.shots} shots per class, {len(task.test)} test examples, seed {args.seed}",
+            file=sys.stderr,
+        )
+    result = demo.run_demo(
+        model,
+        task,
+        k=args.k,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        out=None if args.no_figures else args.out,
+        progress=not args.quiet,
+        load_seconds=load_s,
+        control=control,
+        control_note=control_note,
+    )
+    result.timings["total_s"] = time.perf_counter() - t0
+    payload = result.to_dict()
+    if not args.json:
+        payload.pop("extra")
+    t = result.timings
+    text = "\n".join(
+        [
+            f"\nsavlens demo: {result.model} on {result.task}",
+            f"{result.n_train} training examples ({args.shots} per class), {result.n_test} test examples, "
+            f"k={result.k}, seed {args.seed}; prompt: {task.prompt_template or '(the question as it is)'!r}",
+            "",
+            result.table(),
+            "",
+            f"selected heads (best first): {', '.join(result.heads)}",
+            f"time: load {t['load_model_s']:.1f}s, forward passes {t['forward_s']:.1f}s, methods "
+            f"{t['methods_s']:.1f}s, baselines and controls {t['baselines_and_controls_s']:.1f}s"
+            + (f", figures {t['figures_s']:.1f}s" if "figures_s" in t else "")
+            + f"; total {t['total_s']:.1f}s",
+            *(
+                [f"figures in {args.out}/: " + ", ".join(Path(f).name for f in result.figures)]
+                if result.figures
+                else []
+            ),
+        ]
+    )
+    emit(args, payload, text)
+    return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Run ``savlens check``: the activation-API check on a tiny model of each family; exit 1 on a mismatch."""
+    from savlens.demo import check_family, check_table
+    from savlens.models.tiny import FAMILIES
+
+    unknown = [f for f in args.families if f not in FAMILIES]
+    if unknown:
+        raise UsageError(f"--families: unknown {unknown}; choose from {list(FAMILIES)}.")
+    rows = [check_family(f, args.repeats) for f in args.families]
+    emit(args, {"families": rows}, check_table(rows))
+    return EXIT_OK if all(r["logits_equal"] for r in rows) else EXIT_ERROR
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    """Run ``savlens extract``: write every head's features of an examples file to a feature store."""
+    from savlens import extract
+
+    examples = read_examples(args, args.examples)
+    model = load_model(args.model, dtype=args.dtype, attn=args.attn, device=args.device)
+    import torch
+
+    t0 = time.perf_counter()
+    feats = extract(
+        model,
+        examples,
+        args.hook,
+        batch_size=args.batch_size,
+        dtype=getattr(torch, args.feature_dtype),
+        store=args.out,
+        progress=not args.quiet,
+        **extract_options(args),
+    )
+    seconds = time.perf_counter() - t0
+    counts = _label_counts(feats.labels)
+    payload = {
+        "store": args.out,
+        "n_examples": feats.n_examples,
+        "features": feats.describe(),
+        "labels": counts,
+        "seconds": seconds,
+    }
+    text = (
+        f"wrote {feats.n_examples} examples to {args.out} in {seconds:.1f}s: {args.hook} at {feats.positions}, "
+        f"layer={feats.n_layers} head_index={feats.n_heads} d_head={feats.d_head}\nlabels: "
+        + (", ".join(f"{k}: {v}" for k, v in counts.items()) if counts else "none")
+    )
+    emit(args, payload, text)
+    return EXIT_OK
+
+
+def _label_counts(labels: Sequence[Hashable] | None) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for lab in labels or []:
+        if lab is not None:
+            out[str(lab)] = out.get(str(lab), 0) + 1
+    return out
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    """Run ``savlens fit``: score the heads on labelled features, keep the k best and save the SAV."""
+    from savlens import SAV
+
+    path = need_path(args.data, "data")
+    options = store_options(path) if is_store(path) else extract_options(args)
+    feats = read_features(args, args.data)
+    sav = SAV(k=args.k, scorer=args.scorer, mode=args.mode, seed=args.seed, reference=args.reference).fit(feats)
+    sav.source_.setdefault("meta", {})["extract"] = {k: options.get(k) for k in ("chat", "system_prompt")}
+    sav.save(args.out)
+    scores = sav.scores_
+    top: list[dict[str, Any]] = [{"head": str(h), "score": None if scores is None else scores[h]} for h in sav.heads_]
+    criterion = None if scores is None else {"name": scores.criterion, "mode": scores.mode}
+    payload = {
+        "sav": args.out,
+        "k": len(sav.heads_),
+        "classes": [str(c) for c in sav.classes_],
+        "heads": top,
+        "n_examples": feats.n_examples,
+        "features": feats.describe(),
+        "criterion": criterion,
+    }
+    if args.plot and scores is not None:
+        from savlens import plot
+
+        payload["plot"] = save_figure(plot.score_heatmap(scores, heads=sav.heads_), args.plot)
+    shown = ", ".join(f"{t['head']} ({t['score']:.2f})" if t["score"] is not None else t["head"] for t in top[:10])
+    more = f" ... ({len(top) - 10} more)" if len(top) > 10 else ""
+    how = "none" if criterion is None else f"{criterion['name']}, {criterion['mode']}"
+    text = (
+        f"fitted an SAV on {feats.n_examples} examples of {len(sav.classes_)} classes "
+        f"({', '.join(map(str, sav.classes_))}); saved to {args.out}\n"
+        f"{len(top)} heads (score: {how}): {shown}{more}" + (f"\nplot: {args.plot}" if args.plot else "")
+    )
+    emit(args, payload, text)
+    return EXIT_OK
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Run ``savlens predict``: label examples with a saved SAV."""
+    sav = load_sav(args.sav)
+    feats = features_for_sav(args, sav, args.data)
+    votes = sav.votes(feats)
+    predicted = votes.labels()
+    shares = votes.shares
+    rows = []
+    for i, (eid, label) in enumerate(zip(feats.example_ids or [], predicted)):
+        row: dict[str, Any] = {"id": eid, "predicted": label, "confidence": float(shares[i].max())}
+        if feats.labels is not None:
+            row["label"] = feats.labels[i]
+        rows.append(row)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
+    payload = {"n_examples": len(rows), "predictions": rows, "out": args.out}
+    lines = [f"{'id':<28} {'predicted':<16} {'votes':>6}" + ("  label" if feats.labels is not None else "")]
+    for r in rows[: args.show]:
+        lines.append(
+            f"{str(r['id'])[:28]:<28} {str(r['predicted'])[:16]:<16} {r['confidence']:>6.0%}"
+            + (f"  {r['label']}" if "label" in r else "")
+        )
+    if len(rows) > args.show:
+        lines.append(f"... {len(rows) - args.show} more" + (f" in {args.out}" if args.out else " (use --out FILE)"))
+    elif args.out:
+        lines.append(f"written to {args.out}")
+    emit(args, payload, "\n".join(lines))
+    return EXIT_OK
+
+
+def classification_report(
+    truth: Sequence[Hashable], predicted: Sequence[Hashable], classes: Sequence[Hashable]
+) -> dict[str, Any]:
+    """Return accuracy, per-class precision / recall / F1 / support and the confusion matrix (rows: true).
+
+    Labels outside ``classes`` (a class the SAV never saw) get their own rows; they are always wrong.
+
+    Example:
+        >>> r = classification_report(["a", "a", "b"], ["a", "b", "b"], ["a", "b"])
+        >>> r["accuracy"], r["per_class"]["b"]["precision"], r["confusion"]
+        (0.6666666666666666, 0.5, [[1, 1], [0, 1]])
+    """
+    labels = list(classes) + sorted({t for t in truth if t not in classes}, key=str)
+    index = {c: i for i, c in enumerate(labels)}
+    conf = [[0] * len(labels) for _ in labels]
+    for t, p in zip(truth, predicted):
+        conf[index[t]][index[p]] += 1
+    per_class = {}
+    for c, i in index.items():
+        tp = conf[i][i]
+        pred_n = sum(row[i] for row in conf)
+        true_n = sum(conf[i])
+        precision = tp / pred_n if pred_n else 0.0
+        recall = tp / true_n if true_n else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[str(c)] = {"precision": precision, "recall": recall, "f1": f1, "support": true_n}
+    correct = sum(conf[i][i] for i in range(len(labels)))
+    return {
+        "accuracy": correct / max(1, len(truth)),
+        "n_examples": len(truth),
+        "classes": [str(c) for c in labels],
+        "per_class": per_class,
+        "confusion": conf,
+    }
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Run ``savlens eval``: accuracy, per-class report and confusion matrix of a saved SAV."""
+    from savlens.scoring import normalize_label
+
+    sav = load_sav(args.sav)
+    feats = features_for_sav(args, sav, args.data)
+    if feats.labels is None or any(lab is None for lab in feats.labels):
+        raise LabelError(f"savlens eval: {args.data!r} has unlabelled examples; eval needs a label for every one.")
+    truth = [normalize_label(v) for v in feats.labels]
+    predicted = sav.predict(feats)
+    report = classification_report(truth, predicted, sav.classes_)
+    if args.plot:
+        from savlens import plot
+
+        names = report["classes"]
+        fig = plot.confusion_heatmap([str(t) for t in truth], [str(p) for p in predicted], names)
+        report["plot"] = save_figure(fig, args.plot)
+    width = max(9, *(len(c) for c in report["classes"])) + 1
+    lines = [f"accuracy {report['accuracy']:.3f} on {report['n_examples']} examples ({len(sav.heads_)} heads)", ""]
+    lines.append(f"{'class':<{width}}{'precision':>10}{'recall':>8}{'f1':>8}{'support':>9}")
+    for c, m in report["per_class"].items():
+        lines.append(f"{c:<{width}}{m['precision']:>10.3f}{m['recall']:>8.3f}{m['f1']:>8.3f}{m['support']:>9d}")
+    lines += ["", "confusion matrix (rows: true, columns: predicted)"]
+    lines.append(" " * width + "".join(f"{c[:8]:>9}" for c in report["classes"]))
+    for c, row in zip(report["classes"], report["confusion"]):
+        lines.append(f"{c:<{width}}" + "".join(f"{v:>9d}" for v in row))
+    if args.plot:
+        lines.append(f"\nplot: {args.plot}")
+    emit(args, report, "\n".join(lines))
+    return EXIT_OK
+
+
+def cmd_heads(args: argparse.Namespace) -> int:
+    """Run ``savlens heads``: list (and plot) a saved SAV's heads."""
+    sav = load_sav(args.sav)
+    scores = sav.scores_
+    src = sav.source_
+    heads = [
+        {
+            "rank": i + 1,
+            "head": str(h),
+            "layer": h.layer,
+            "head_index": h.head,
+            "score": None if scores is None else scores[h],
+        }
+        for i, h in enumerate(sav.heads_)
+    ]
+    by_layer: dict[int, int] = {}
+    for h in sav.heads_:
+        by_layer[h.layer] = by_layer.get(h.layer, 0) + 1
+    payload: dict[str, Any] = {
+        "sav": args.sav,
+        "model_id": src.get("model_id"),
+        "classes": [str(c) for c in sav.classes_],
+        "criterion": None if scores is None else {"name": scores.criterion, "mode": scores.mode},
+        "heads": heads,
+        "heads_per_layer": {str(k): v for k, v in sorted(by_layer.items())},
+    }
+    if args.plot:
+        from savlens import plot
+
+        if scores is not None:
+            fig = plot.score_heatmap(scores, heads=sav.heads_)
+        else:
+            fig = plot.head_overlay(
+                {"selected": sav.heads_}, n_layers=max(src.get("layers") or [0]) + 1, n_heads=src.get("n_heads")
+            )
+        payload["plot"] = save_figure(fig, args.plot)
+    lines = [
+        f"{len(heads)} heads of the SAV in {args.sav} (model {src.get('model_id')}, classes "
+        f"{', '.join(payload['classes'])})",
+        f"{'rank':>4}  {'head':<8}{'score':>8}",
+    ]
+    for h in heads:
+        lines.append(
+            f"{h['rank']:>4}  {h['head']:<8}" + (f"{h['score']:>8.3f}" if h["score"] is not None else f"{'-':>8}")
+        )
+    lines.append("heads per layer: " + ", ".join(f"L{k}: {v}" for k, v in sorted(by_layer.items())))
+    if args.plot:
+        lines.append(f"plot: {args.plot}")
+    emit(args, payload, "\n".join(lines))
+    return EXIT_OK
+
+
+def split_features(feats: Any, shots: int, n_test: int | None, seed: int) -> tuple[Any, Any]:
+    """Split labelled features into ``shots`` per class for training and a disjoint test set, as
+    :func:`savlens.datasets.few_shot_split` splits examples (same seed, same draw)."""
+    from savlens.datasets import few_shot_split
+    from savlens.example import Example
+
+    if feats.labels is None:
+        raise LabelError("savlens transfer: a task's features have no labels.")
+    ids = list(feats.example_ids)
+    proxies = [Example(label=lab, id=i) for lab, i in zip(feats.labels, ids)]
+    train, test = few_shot_split(proxies, shots, n_test, seed=seed)
+    where = {i: n for n, i in enumerate(ids)}
+    if not test:
+        raise LabelError(f"savlens transfer: no test examples left after {shots} shots per class; lower --shots.")
+    return feats.subset([where[e.id] for e in train]), feats.subset([where[e.id] for e in test])
+
+
+def cmd_transfer(args: argparse.Namespace) -> int:
+    """Run ``savlens transfer``: the task x task head-transfer matrix."""
+    from savlens.transfer import TaskSplit, transfer_matrix
+
+    tasks: dict[str, str] = {}
+    for spec in args.task:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise UsageError(f"--task {spec!r}: write it as NAME=PATH (a feature store or examples file).")
+        if name in tasks:
+            raise UsageError(f"--task: the name {name!r} is given twice.")
+        tasks[name] = path
+    if len(tasks) < 2:
+        raise UsageError("savlens transfer needs at least two --task NAME=PATH.")
+    model = None
+    splits = {}
+    for name, path in tasks.items():
+        if not is_store(need_path(path, f"task {name!r}")) and model is None:
+            model = require_model(args, path)
+        feats = read_features(args, path, model=model)
+        splits[name] = TaskSplit(*split_features(feats, args.shots, args.test, args.seed))
+    matrix = transfer_matrix(splits, k=args.k, seed=args.seed)
+    overlap = matrix.overlap()
+    payload = {
+        **matrix.to_dict(),
+        "jaccard": overlap.jaccard.tolist(),
+        "spearman": overlap.spearman.tolist(),
+        "n_train": {t: s.train.n_examples for t, s in splits.items()},
+        "n_test": {t: s.test.n_examples for t, s in splits.items()},
+    }
+    if args.plot or args.overlay:
+        from savlens import plot
+
+        if args.plot:
+            payload["plot"] = save_figure(plot.transfer_heatmap(matrix), args.plot)
+        if args.overlay:
+            first = next(iter(splits.values())).train
+            fig = plot.head_overlay(matrix.heads, n_layers=max(first.layers or (0,)) + 1, n_heads=first.n_heads)
+            payload["overlay"] = save_figure(fig, args.overlay)
+    text = f"{matrix}\n\n{overlap}" + "".join(f"\n{k}: {payload[k]}" for k in ("plot", "overlay") if k in payload)
+    emit(args, payload, text)
+    return EXIT_OK
