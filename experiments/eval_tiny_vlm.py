@@ -27,6 +27,7 @@ from _tiny_vlm_common import RESULTS, machine, write_json  # noqa: E402
 
 import savlens  # noqa: E402
 from savlens.datasets.easyvqa import EASY_VQA_TASKS, load_easy_vqa  # noqa: E402
+from savlens.threads import limit_threads  # noqa: E402
 from savlens.zoo import train_projector as T  # noqa: E402
 from savlens.zoo.tiny_vlm import PROJECTOR_FILE, load_tiny_vlm, read_projector  # noqa: E402
 
@@ -35,11 +36,16 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=1000, help="test questions (seeded sample of 9,673)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="torch and BLAS / OpenMP threads")
     p.add_argument("--check", type=int, default=64, help="questions for the full-pipeline agreement check")
     p.add_argument("--out", type=Path, default=RESULTS / "tiny_vlm_eval.json")
     a = p.parse_args()
-    torch.set_num_threads(a.threads)
+    with limit_threads(a.threads):
+        run(a)
+
+
+def run(a: argparse.Namespace) -> None:
+    """Evaluate every condition and baseline; write the results to ``a.out``."""
     model, proc = load_tiny_vlm("trained")
     rand, _ = load_tiny_vlm("random", seed=0)
     train_items, _ = T.load_vqa_items("train")

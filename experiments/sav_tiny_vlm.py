@@ -34,6 +34,7 @@ from _tiny_vlm_common import RESULTS, machine, write_json  # noqa: E402
 import savlens  # noqa: E402
 from savlens import SAV  # noqa: E402
 from savlens.datasets import FASHION_MNIST_CLASSES, few_shot_split, load_easy_vqa, load_fashion_mnist  # noqa: E402
+from savlens.threads import limit_threads  # noqa: E402
 from savlens.zoo.tiny_vlm import load_tiny_vlm  # noqa: E402
 from savlens.zoo.train_projector import normalize_answer  # noqa: E402
 
@@ -94,10 +95,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--k", type=int, default=20)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="torch and BLAS / OpenMP threads")
     p.add_argument("--out", type=Path, default=RESULTS / "tiny_vlm_sav.json")
     a = p.parse_args()
-    torch.set_num_threads(a.threads)
+    with limit_threads(a.threads):
+        run(a)
+
+
+def run(a: argparse.Namespace) -> None:
+    """Fit and score every method on every task; write the results to ``a.out``."""
     trained = savlens.load("tiny-vlm")
     hf, proc = load_tiny_vlm("random", seed=0)
     random_model = savlens.wrap(hf, proc, model_id="tiny-vlm-random")

@@ -22,6 +22,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).parent))
 from _tiny_vlm_common import machine  # noqa: E402
 
+from savlens.threads import limit_threads  # noqa: E402
 from savlens.zoo import train_projector as T  # noqa: E402
 from savlens.zoo.tiny_vlm import PROJECTOR_FILE, load_tiny_vlm  # noqa: E402
 
@@ -33,7 +34,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--threads", type=int, default=d.threads)
+    p.add_argument("--threads", type=int, default=d.threads, help="torch and BLAS / OpenMP threads")
     p.add_argument("--no-bf16", action="store_true", help="train in fp32 (about 2x slower)")
     p.add_argument(
         "--task-weights", type=float, nargs=3, default=d.task_weights, help="sampling weights of yes_no color shape"
@@ -51,7 +52,12 @@ def main() -> None:
         bf16=not a.no_bf16,
         task_weights=tuple(a.task_weights) if a.task_weights else None,
     )
-    torch.set_num_threads(cfg.threads)
+    with limit_threads(cfg.threads):
+        run(a, cfg)
+
+
+def run(a: argparse.Namespace, cfg: T.TrainConfig) -> None:
+    """Train the projector with ``cfg``, evaluate it on held-out questions, save it and its record to ``a.out``."""
     t0 = time.perf_counter()
     model, proc = load_tiny_vlm("random", dtype=torch.float32)
     feats = T.cached_image_features(model, proc, "train")

@@ -235,9 +235,8 @@ def steer_to_class(
     if target not in sav.classes_:
         raise InputError(f"target {target!r} is not a class of this SAV ({list(sav.classes_)}).")
     c = list(sav.classes_).index(target)
-    grid = torch.zeros(model.n_layers, model.n_heads, model.sizes.d_head)
-    for i, h in enumerate(sav.heads_):
-        grid[h.layer, h.head] = sav.centroids_[i, c].float()
+    heads: HeadSet = sav.heads_
+    grid = _head_grid(model, ([h.layer for h in heads], [h.head for h in heads]), sav.centroids_[:, c].float())
     relabelled = [Example(e.text, e.images, target, e.id, e.messages, e.meta) for e in examples]
     opts = dict(batch_options, batch_size=batch_size)
     before = answer_scores(model, relabelled, answers, **opts)
@@ -246,7 +245,7 @@ def steer_to_class(
         relabelled,
         answers,
         **opts,
-        edit=lambda t, batch, rows: t.ablate(sav.heads_, "mean", means=grid, positions="last"),
+        edit=lambda t, batch, rows: t.ablate(heads, "mean", means=grid, positions="last"),
     )
     n = len(examples)
     return SteeringReport(
@@ -257,12 +256,21 @@ def steer_to_class(
     )
 
 
-def _mean_grid(means: HeadFeatures, model: Model) -> Tensor:
+def _head_grid(model: Model, index: Any, values: Tensor) -> Float[Tensor, "layer head_index d_head"]:
+    """Return a float32 ``layer head_index d_head`` grid of ``model``: zero, with ``values`` written at ``index``.
+
+    ``index`` picks whole layers (a list of layers) or single heads (a list of layers and a list of heads).
+    """
+    grid = torch.zeros(model.n_layers, model.n_heads, model.sizes.d_head)
+    grid[index] = values.to(grid.device)
+    return grid
+
+
+def _mean_grid(means: HeadFeatures, model: Model) -> Float[Tensor, "layer head_index d_head"]:
+    """Return each head's mean ``hook_z`` over the examples of ``means`` (zero in layers it lacks)."""
     if not isinstance(means, HeadFeatures):
         raise SavlensError(f"means must be HeadFeatures (e.g. the training features); got {type(means).__name__}.")
-    grid = torch.zeros(model.n_layers, model.n_heads, model.sizes.d_head)
-    grid[list(means.layers or ())] = means.z.float().mean(0)
-    return grid
+    return _head_grid(model, list(means.layers or ()), means.z.float().mean(0))
 
 
 # ---- where heads look ------------------------------------------------------------------------------

@@ -76,6 +76,28 @@ def test_causal_validation_and_steering_run_and_move_the_answer() -> None:
     assert 0.0 <= steer.share_after <= 1.0 and steer.delta_logprob != 0.0
 
 
+def test_steering_writes_the_target_class_mean_into_the_sav_heads() -> None:
+    """Steering to a class is mean-ablating the SAV heads at the last token to that class's training mean."""
+    model = tiny("qwen2_vl")
+    train, test = _examples(8, 0), _examples(6, 1)
+    feats = extract(model, train, progress=False)
+    sav = SAV(k=4).fit(feats)
+    steer = steer_to_class(sav, model, test, ANSWERS, "no", batch_size=3)
+    class_mean = feats.subset([i for i, e in enumerate(train) if e.label == "no"])
+    as_target = [savlens.Example(e.text, e.images, "no", e.id) for e in test]
+    before = answer_scores(model, as_target, ANSWERS, batch_size=3)
+    after = answer_scores(
+        model,
+        as_target,
+        ANSWERS,
+        batch_size=3,
+        edit=lambda t, batch, rows: t.ablate(sav.heads_, "mean", means=class_mean, positions="last"),
+    )
+    assert steer.share_after == sum(p == "no" for p in after.predicted) / len(test)
+    assert abs(steer.delta_logprob - float((after.logprob - before.logprob).mean())) < 1e-5
+    assert steer.delta_logprob != 0.0
+
+
 def test_attention_shares_sum_to_one_and_find_the_template() -> None:
     model = tiny("llava_onevision")
     exs = _examples(3, 2)

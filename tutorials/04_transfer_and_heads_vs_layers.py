@@ -21,33 +21,29 @@
 
 # %%
 import os
-import tempfile
+import sys
 from pathlib import Path
 
 import torch
 
 import savlens
-from savlens.demo import easy_vqa_task, task_for
+from savlens.demo import easy_vqa_task
 from savlens.transfer import TaskSplit, transfer_matrix
+
+if "__file__" in globals():  # run from another folder (as CI does); a notebook runs in this one
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _setup import task_features, tutorial_data  # tutorials/_setup.py
 
 MODEL = os.environ.get("SAVLENS_MODEL", "smollm2-135m")
 gpu = torch.cuda.is_available()
 model = savlens.load(MODEL, dtype=torch.bfloat16 if gpu else "auto", device_map="auto" if gpu else None)
-cache = Path(os.environ.get("SAVLENS_TUTORIAL_CACHE", Path(tempfile.gettempdir()) / "savlens-tutorials"))
 
-
-def features(task):  # type: ignore[no-untyped-def]
-    """Train and test features of a task (one store per model and task, reused across tutorials)."""
-    store = cache / f"{model.fingerprint}-{task.name}"
-    feats = savlens.extract(model, task.train + task.test, prompt_template=task.prompt_template, store=store)
-    n = len(task.train)
-    return feats.subset(range(n)), feats.subset(range(n, feats.n_examples))
-
-
-if model.multimodal:
-    splits = {name: TaskSplit(*features(easy_vqa_task(name, shots=10, n_test=8))) for name in ("color", "shape")}
+if model.multimodal:  # each task's features from its store (one per model and task, shared by the tutorials)
+    splits = {
+        name: TaskSplit(*task_features(model, easy_vqa_task(name, shots=10, n_test=8))) for name in ("color", "shape")
+    }
 else:
-    train, test = features(task_for(model, shots=10, n_test=8, categories=("science", "politics", "food", "love")))
+    _, train, test = tutorial_data(model)  # tutorial 2's four-way task and its features
     splits = {"all four": TaskSplit(train, test)}
     for a, b in [("science", "politics"), ("food", "love")]:
         tr = [i for i, lab in enumerate(train.labels or []) if lab in (a, b)]

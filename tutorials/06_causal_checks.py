@@ -23,28 +23,22 @@
 
 # %%
 import os
-import tempfile
+import sys
 from pathlib import Path
 
 import torch
 
 import savlens
 from savlens.causal import answer_token_ids, causal_validation, steer_to_class
-from savlens.demo import task_for
+
+if "__file__" in globals():  # run from another folder (as CI does); a notebook runs in this one
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _setup import tutorial_data  # tutorials/_setup.py
 
 MODEL = os.environ.get("SAVLENS_MODEL", "smollm2-135m")
 gpu = torch.cuda.is_available()
 model = savlens.load(MODEL, dtype=torch.bfloat16 if gpu else "auto", device_map="auto" if gpu else None)
-task = task_for(model, shots=10, n_test=8, categories=("science", "politics", "food", "love"))
-cache = Path(os.environ.get("SAVLENS_TUTORIAL_CACHE", Path(tempfile.gettempdir()) / "savlens-tutorials"))
-feats = savlens.extract(
-    model,
-    task.train + task.test,
-    prompt_template=task.prompt_template,
-    store=cache / f"{model.fingerprint}-{task.name}",
-)
-n_train = len(task.train)
-train, test = feats.subset(range(n_train)), feats.subset(range(n_train, feats.n_examples))
+task, train, test = tutorial_data(model)  # tutorial 2's task, and its features from tutorial 2's store
 sav = savlens.SAV(k=10).fit(train)
 print("SAV heads:", sav.heads_, "| SAV test accuracy", round(sav.score(test), 3))
 

@@ -7,9 +7,9 @@ accepted, tried in that order. Prompts are the reference's without the leading `
 """
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from savlens.datasets._common import DEFAULT_MAX_TEXT_CHARS, as_keys, check_examples, check_text, pick_key
 from savlens.datasets.files import example_from_record, read_records
@@ -31,25 +31,63 @@ MHALU_LABELS = {"hallucination": "Yes", "non-hallucination": "No", "yes": "Yes",
 """MHalu label values (lower-cased) and the class they give, as the reference's ``label_to_yesno``."""
 
 
-def _load(
+@dataclass(frozen=True)
+class _Reference:
+    """How the records of one reference data set become examples.
+
+    Attributes:
+        loader: the public loader's name, for messages (``"load_vlguard"``); ``meta["dataset"]`` is it without
+            ``load_``.
+        text_key: the record field formatted into ``prompt``; kept raw in ``meta[text_key]``.
+        image_keys: the image fields, tried in order.
+        prompt: the reference prompt; ``field`` is its placeholder.
+        field: the placeholder of ``prompt`` the text goes into.
+        relabel: maps each example's raw label in place, once every record is read; None keeps labels verbatim.
+    """
+
+    loader: str
+    text_key: str
+    image_keys: tuple[str, ...]
+    prompt: str
+    field: str
+    relabel: Callable[[Example], None] | None = None
+
+
+def _mhalu_yes_no(ex: Example) -> None:
+    """Map an MHalu label to ``"Yes"`` / ``"No"`` (:data:`MHALU_LABELS`); keep the raw one in ``meta``."""
+    raw = ex.label
+    key = raw.strip().lower() if isinstance(raw, str) else raw
+    if key not in MHALU_LABELS:
+        raise LabelError(
+            f"load_mhalu(): example {ex.id!r} has the label {raw!r}; expected one of "
+            f"'hallucination', 'non-hallucination', 'Yes', 'No'."
+        )
+    ex.label = MHALU_LABELS[key]
+    ex.meta["raw_label"] = raw
+
+
+_VLGUARD = _Reference("load_vlguard", "instruction", ("image",), VLGUARD_PROMPT, "q")
+_MHALU = _Reference("load_mhalu", "claim", ("image_path", "image"), MHALU_PROMPT, "claim", _mhalu_yes_no)
+
+
+def _load_reference(
+    dataset: _Reference,
     path: str | os.PathLike[str],
     root: str | os.PathLike[str] | None,
-    *,
-    name: str,
-    text_key: str,
-    image_keys: Sequence[str],
-    prompt: str,
-    field: str,
     label_key: str | Sequence[str] | None,
     format: str | None,
     max_text_chars: int | None,
     check_images: bool,
-) -> list[tuple[Example, Any]]:
-    """Read records and build examples with the reference prompt; return (example, raw label) pairs."""
+) -> list[Example]:
+    """Read the records of ``path`` and build ``dataset``'s examples with its reference prompt and labels.
+
+    The other arguments are those of :func:`load_vlguard` and :func:`load_mhalu`, in their order.
+    """
     path = Path(path)
     base = Path(root) if root is not None else path.parent
     label_keys = LABEL_KEYS if label_key is None else as_keys(label_key)
-    out = []
+    name, text_key, image_keys = dataset.loader, dataset.text_key, dataset.image_keys
+    examples = []
     for i, (where, record) in enumerate(read_records(path, format)):
         if text_key not in record or not isinstance(record[text_key], str):
             raise InputError(f"{name}(): {where} has no string field {text_key!r}; the record has {sorted(record)}.")
@@ -73,9 +111,12 @@ def _load(
             meta={"source": str(path), "index": i, "dataset": name.removeprefix("load_")},
         )
         ex.meta[text_key] = record[text_key]
-        ex.text = check_text(prompt.format(**{field: ex.text}), f"{name}(): {where}", max_text_chars)
-        out.append((ex, ex.label))
-    return out
+        ex.text = check_text(dataset.prompt.format(**{dataset.field: ex.text}), f"{name}(): {where}", max_text_chars)
+        examples.append(ex)
+    if dataset.relabel is not None:
+        for ex in examples:
+            dataset.relabel(ex)
+    return check_examples(examples, str(path))
 
 
 def load_vlguard(
@@ -111,20 +152,7 @@ def load_vlguard(
         InputError: a record without ``instruction`` or image, a missing image file, a path outside root.
         LabelError: a record without a label, or labels of mixed types.
     """
-    pairs = _load(
-        path,
-        root,
-        name="load_vlguard",
-        text_key="instruction",
-        image_keys=("image",),
-        prompt=VLGUARD_PROMPT,
-        field="q",
-        label_key=label_key,
-        format=format,
-        max_text_chars=max_text_chars,
-        check_images=check_images,
-    )
-    return check_examples([ex for ex, _ in pairs], str(path))
+    return _load_reference(_VLGUARD, path, root, label_key, format, max_text_chars, check_images)
 
 
 def load_mhalu(
@@ -163,28 +191,4 @@ def load_mhalu(
         InputError: a record without ``claim`` or image, a missing image file, a path outside root.
         LabelError: a record without a label, or a label that is not one of :data:`MHALU_LABELS`.
     """
-    pairs = _load(
-        path,
-        root,
-        name="load_mhalu",
-        text_key="claim",
-        image_keys=("image_path", "image"),
-        prompt=MHALU_PROMPT,
-        field="claim",
-        label_key=label_key,
-        format=format,
-        max_text_chars=max_text_chars,
-        check_images=check_images,
-    )
-    examples = []
-    for ex, raw in pairs:
-        key = raw.strip().lower() if isinstance(raw, str) else raw
-        if key not in MHALU_LABELS:
-            raise LabelError(
-                f"load_mhalu(): example {ex.id!r} has the label {raw!r}; expected one of "
-                f"'hallucination', 'non-hallucination', 'Yes', 'No'."
-            )
-        ex.label = MHALU_LABELS[key]
-        ex.meta["raw_label"] = raw
-        examples.append(ex)
-    return check_examples(examples, str(path))
+    return _load_reference(_MHALU, path, root, label_key, format, max_text_chars, check_images)
