@@ -21,7 +21,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from savlens.cache import HeadFeatures
-from savlens.errors import InputError, SavlensError
+from savlens.errors import ArgumentError, FeatureError, HookNotAvailableError, InputError
 from savlens.example import Example
 from savlens.heads import Head, HeadSet
 from savlens.inputs import Batch
@@ -123,7 +123,7 @@ def matched_random_heads(heads: HeadSet, n_heads: int, seed: int, n_layers: int 
             taken.update(pick)
             count -= len(pick)
         if count:
-            raise SavlensError(f"cannot draw {len(heads)} random heads outside the given ones in this grid.")
+            raise ArgumentError(f"cannot draw {len(heads)} random heads outside the given ones in this grid.")
     return HeadSet(chosen)
 
 
@@ -269,7 +269,7 @@ def _head_grid(model: Model, index: Any, values: Tensor) -> Float[Tensor, "layer
 def _mean_grid(means: HeadFeatures, model: Model) -> Float[Tensor, "layer head_index d_head"]:
     """Return each head's mean ``hook_z`` over the examples of ``means`` (zero in layers it lacks)."""
     if not isinstance(means, HeadFeatures):
-        raise SavlensError(f"means must be HeadFeatures (e.g. the training features); got {type(means).__name__}.")
+        raise FeatureError(f"means must be HeadFeatures (e.g. the training features); got {type(means).__name__}.")
     return _head_grid(model, list(means.layers or ()), means.z.float().mean(0))
 
 
@@ -365,7 +365,7 @@ class eager_attention:
     def _set(self, impl: str) -> None:
         hf: Any = self.model.hf
         if not hasattr(hf, "set_attn_implementation"):
-            raise SavlensError(
+            raise HookNotAvailableError(
                 f"{type(hf).__name__} cannot switch attention implementation; load it with "
                 "attn_implementation='eager' for attention patterns."
             )

@@ -20,7 +20,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from savlens.cache import HeadFeatures
-from savlens.errors import LabelError, SavlensError
+from savlens.errors import ArgumentError, LabelError, LoadError, NotFittedError
 from savlens.heads import Head, HeadScores, HeadSet
 from savlens.sav import SAV, Votes
 from savlens.scoring import EPS, Scorer, encode_labels, normalize_label, resolve_labels
@@ -64,7 +64,7 @@ class _OnSelectedHeads:
 
     def _matrix(self, features: HeadFeatures, normalize_heads: bool = False) -> Tensor:
         if not hasattr(self, "sav_"):
-            raise SavlensError(f"{self._what}: not fitted yet; call fit(features) first.")
+            raise NotFittedError(f"{self._what}: not fitted yet; call fit(features) first.")
         x = self.sav_.head_vectors(features)  # checks model / hook / grid
         if normalize_heads:
             x = x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(EPS)
@@ -125,7 +125,7 @@ class HeadKNN(_OnSelectedHeads):
             or not isinstance(self.n_neighbors, int)
             or not 1 <= self.n_neighbors <= n
         ):
-            raise SavlensError(f"HeadKNN.fit: n_neighbors must be an int between 1 and the {n} training examples.")
+            raise ArgumentError(f"HeadKNN.fit: n_neighbors must be an int between 1 and the {n} training examples.")
         x = self._matrix(features)
         self.train_ = x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(EPS)
         self.codes_ = encode_labels(labels, what="HeadKNN.fit").codes
@@ -153,7 +153,7 @@ def _require_sklearn() -> Any:
     try:
         from sklearn.linear_model import LogisticRegression
     except ImportError:
-        raise SavlensError(
+        raise LoadError(
             "HeadLinearProbe needs scikit-learn, which is not installed: pip install 'savlens[sklearn]'."
         ) from None
     return LogisticRegression
@@ -273,7 +273,7 @@ class SparseLayers:
 
     def _check(self) -> SAV:
         if not hasattr(self, "sav_"):
-            raise SavlensError("SparseLayers: not fitted yet; call fit(features) first.")
+            raise NotFittedError("SparseLayers: not fitted yet; call fit(features) first.")
         return self.sav_
 
     def votes(self, features: HeadFeatures) -> Votes:

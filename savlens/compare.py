@@ -15,7 +15,7 @@ from torch import Tensor
 
 from savlens.cache import HeadFeatures
 from savlens.classifiers import SparseLayers
-from savlens.errors import FeatureError, SavlensError
+from savlens.errors import ArgumentError, FeatureError
 from savlens.heads import Head, HeadScores, HeadSet
 from savlens.sav import SAV
 from savlens.scoring import encode_labels, resolve_labels, stratified_folds
@@ -84,7 +84,7 @@ def layer_budget(k_heads: int, n_layers: int, n_heads: int, budget: str = "featu
     elif budget == "units":
         k = k_heads
     else:
-        raise SavlensError(f"budget must be 'features' or 'units'; got {budget!r}.")
+        raise ArgumentError(f"budget must be 'features' or 'units'; got {budget!r}.")
     return min(k, n_layers)
 
 

@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 
 from savlens.cache import HeadFeatures
-from savlens.errors import SavlensError
+from savlens.errors import ArgumentError, SavlensError
 from savlens.example import Example
 from savlens.inputs import Batch
 from savlens.loading import Model, wrap
@@ -122,8 +122,6 @@ def easy_vqa_task(task: str = "color", *, shots: int = 20, n_test: int = 20, see
     from savlens.datasets import EASY_VQA_TASKS, few_shot_split, load_easy_vqa
 
     if task not in EASY_VQA_TASKS:
-        from savlens.errors import ArgumentError
-
         raise ArgumentError(f"easy_vqa_task(): unknown task {task!r}; choose one of {sorted(EASY_VQA_TASKS)}.")
     classes = EASY_VQA_TASKS[task]
     train, _ = few_shot_split(load_easy_vqa("train", task), shots, 0, seed=seed)
@@ -150,7 +148,6 @@ def task_for(
 ) -> DemoTask:
     """Return the demo task ``task`` (one of :data:`TASKS`; default: easy-VQA colours for a VLM, fortunes
     topics for a text model), with ``shots`` training and ``n_test`` test examples per class."""
-    from savlens.errors import ArgumentError
 
     name = task or ("easy-vqa-color" if model.multimodal else "fortunes")
     if name not in TASKS:
@@ -422,6 +419,10 @@ def run_demo(
     from savlens.classifiers import HeadLinearProbe, SparseLayers
     from savlens.compare import layer_budget
 
+    if not 1 <= k <= model.n_layers * model.n_heads:
+        raise ArgumentError(
+            f"savlens demo: --k {k} must be between 1 and the model's {model.n_layers * model.n_heads} heads."
+        )
     t0 = time.perf_counter()
     tokens = answer_tokens(model.tokenizer, task.classes)
 
@@ -436,8 +437,6 @@ def run_demo(
     t_forward = time.perf_counter() - t0
     t1 = time.perf_counter()
     n_units = train.n_layers * train.n_heads
-    if not 1 <= k <= n_units:
-        raise SavlensError(f"savlens demo: --k {k} must be between 1 and the model's {n_units} heads.")
     truth = list(test.labels or [])
     n = len(truth)
     sav = SAV(k=k, seed=seed).fit(train)

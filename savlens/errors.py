@@ -94,6 +94,18 @@ class StoreError(SavlensError):
     page = "store-error"
 
 
+class TraceStateError(SavlensError, RuntimeError):
+    """A trace used out of order: a saved value read inside its `with` block, a save declared after it ran."""
+
+    page = "trace-state-error"
+
+
+class NotFittedError(SavlensError, ValueError):
+    """An estimator (SAV, HeadKNN, HeadLinearProbe, SparseLayers) used before `fit`."""
+
+    page = "not-fitted-error"
+
+
 __all__ = [
     "ArgumentError",
     "BatchMismatchError",
@@ -104,8 +116,10 @@ __all__ = [
     "LabelError",
     "LoadError",
     "ModelSpecError",
+    "NotFittedError",
     "PositionError",
     "SavlensError",
     "StoreError",
+    "TraceStateError",
     "UnsupportedModelError",
 ]

@@ -19,7 +19,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from savlens.errors import ArgumentError, FeatureError, SavlensError
+from savlens.errors import ArgumentError, FeatureError, HookNameError, SavlensError
 
 _HEAD_RE = re.compile(r"^\s*L(\d+)\s*H(\d+)\s*$", re.IGNORECASE)
 
@@ -43,9 +43,9 @@ class Head:
         for name in ("layer", "head"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | np.integer):
-                raise SavlensError(f"Head.{name} must be an int; got {value!r}.")
+                raise ArgumentError(f"Head.{name} must be an int; got {value!r}.")
             if value < 0:
-                raise SavlensError(f"Head.{name} must be >= 0; got {value}.")
+                raise ArgumentError(f"Head.{name} must be >= 0; got {value}.")
             object.__setattr__(self, name, int(value))
 
     def __str__(self) -> str:
@@ -56,7 +56,7 @@ class Head:
         """Read a head from its ``"L{layer}H{head}"`` label (e.g. ``"L14H3"``)."""
         m = _HEAD_RE.match(text) if isinstance(text, str) else None
         if m is None:
-            raise SavlensError(f"cannot read a head from {text!r}; write it as 'L{{layer}}H{{head}}', e.g. 'L14H3'.")
+            raise HookNameError(f"cannot read a head from {text!r}; write it as 'L{{layer}}H{{head}}', e.g. 'L14H3'.")
         return cls(int(m.group(1)), int(m.group(2)))
 
     @classmethod
@@ -68,12 +68,12 @@ class Head:
             return cls.parse(value)
         if isinstance(value, Sequence) and len(value) == 2:
             return cls(value[0], value[1])  # type: ignore[arg-type]
-        raise SavlensError(f"cannot read a head from {value!r}; give a Head, 'L14H3' or (layer, head).")
+        raise ArgumentError(f"cannot read a head from {value!r}; give a Head, 'L14H3' or (layer, head).")
 
     def flat(self, n_heads: int) -> int:
         """Return the layer-major flat index ``layer * n_heads + head``."""
         if self.head >= n_heads:
-            raise SavlensError(f"head {self} does not exist in a grid with head_index={n_heads}.")
+            raise FeatureError(f"head {self} does not exist in a grid with head_index={n_heads}.")
         return self.layer * n_heads + self.head
 
 
@@ -106,7 +106,7 @@ class HeadSet(Sequence[Head]):
         seen: set[Head] = set()
         for h in items:
             if h in seen:
-                raise SavlensError(f"HeadSet: head {h} appears more than once; a head set holds each head once.")
+                raise ArgumentError(f"HeadSet: head {h} appears more than once; a head set holds each head once.")
             seen.add(h)
         self._heads: tuple[Head, ...] = items
         self._set: frozenset[Head] = frozenset(items)
@@ -173,7 +173,7 @@ class HeadSet(Sequence[Head]):
         """Return the 0-based rank of ``head`` in this set."""
         h = Head.coerce(head)
         if h not in self._set:
-            raise SavlensError(f"head {h} is not in {self!r}.")
+            raise ArgumentError(f"head {h} is not in {self!r}.")
         return self._heads.index(h)
 
     # views -----------------------------------------------------------------------------------------
@@ -206,9 +206,9 @@ class HeadSet(Sequence[Head]):
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
-            raise SavlensError(f"HeadSet.from_json: not valid JSON ({e}).") from None
+            raise ArgumentError(f"HeadSet.from_json: not valid JSON ({e}).") from None
         if not isinstance(data, list):
-            raise SavlensError(f"HeadSet.from_json expects a JSON list of 'L{{l}}H{{h}}' labels; got {data!r}.")
+            raise ArgumentError(f"HeadSet.from_json expects a JSON list of 'L{{l}}H{{h}}' labels; got {data!r}.")
         return cls(data)
 
 
@@ -296,12 +296,12 @@ class HeadScores:
         try:
             return self.layers.index(layer)  # type: ignore[union-attr]
         except ValueError:
-            raise SavlensError(f"layer {layer} is not in these scores (layers {self.layers}).") from None
+            raise FeatureError(f"layer {layer} is not in these scores (layers {self.layers}).") from None
 
     def __getitem__(self, head: "Head | str | tuple[int, int]") -> float:
         h = Head.coerce(head)
         if h.head >= self.n_heads:
-            raise SavlensError(f"head {h} is out of range: these scores have head_index={self.n_heads}.")
+            raise FeatureError(f"head {h} is out of range: these scores have head_index={self.n_heads}.")
         return float(self.scores[self._row(h.layer), h.head])
 
     def _heads_of(self, flat: np.ndarray) -> HeadSet:

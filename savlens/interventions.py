@@ -12,7 +12,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from savlens.errors import SavlensError
+from savlens.errors import ArgumentError, FeatureError
 from savlens.positions import Positions, select_positions
 
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ def _combine(cur: Tensor, e: Edit, like: Tensor) -> Tensor:
     try:
         v = torch.broadcast_to(v, cur.shape)
     except RuntimeError:
-        raise SavlensError(
+        raise FeatureError(
             f"{e.describe()}: the value of shape {tuple(e.value.shape)} does not broadcast to "
             f"[batch={cur.shape[0]}, pos={cur.shape[1]}, k={cur.shape[2]}, d_head={cur.shape[3]}]."
         ) from None
@@ -91,11 +91,11 @@ def by_layer(heads: Any, model: Any) -> list[tuple[int, list[int]]]:
 
     hs = heads if isinstance(heads, HeadSet) else HeadSet([heads] if isinstance(heads, tuple) else heads)
     if not len(hs):
-        raise SavlensError("no heads given to intervene on.")
+        raise ArgumentError("no heads given to intervene on.")
     groups: dict[int, list[int]] = {}
     for h in hs:
         if h.layer >= model.n_layers or h.head >= model.n_heads:
-            raise SavlensError(
+            raise ArgumentError(
                 f"head {h} does not exist: {model.model_id!r} has {model.n_layers} layers x {model.n_heads} heads."
             )
         groups.setdefault(h.layer, []).append(h.head)
@@ -106,21 +106,21 @@ def as_features(source: Any) -> Any:
     from savlens.cache import HeadFeatures
 
     if not isinstance(source, HeadFeatures):
-        raise SavlensError(f"expected HeadFeatures (from savlens.extract); got {type(source).__name__}.")
+        raise FeatureError(f"expected HeadFeatures (from savlens.extract); got {type(source).__name__}.")
     return source
 
 
 def layer_row(feats: Any, layer: int) -> int:
     layers = list(feats.layers)
     if layer not in layers:
-        raise SavlensError(f"the features hold layers {layers}, not layer {layer}; extract that layer too.")
+        raise FeatureError(f"the features hold layers {layers}, not layer {layer}; extract that layer too.")
     return layers.index(layer)
 
 
 def head_values(means: Any, layer: int, heads: list[int], model: Any) -> Tensor:
     if isinstance(means, Tensor):
         if means.ndim != 3 or means.shape[0] != model.n_layers:
-            raise SavlensError(
+            raise FeatureError(
                 f"means must be a layer head_index d_head tensor with layer={model.n_layers}; got {tuple(means.shape)}."
             )
         return means[layer, heads]
@@ -131,12 +131,12 @@ def head_values(means: Any, layer: int, heads: list[int], model: Any) -> Tensor:
 def row_values(source: Any, layer: int, heads: list[int], model: Any, n_rows: int) -> Tensor:
     if isinstance(source, Tensor):
         if source.ndim != 4 or source.shape[0] != n_rows or source.shape[1] != model.n_layers:
-            raise SavlensError(
+            raise FeatureError(
                 f"patch source must be a batch layer head_index d_head tensor with batch={n_rows}, "
                 f"layer={model.n_layers}; got {tuple(source.shape)}."
             )
         return source[:, layer, heads]
     feats = as_features(source)
     if feats.n_examples != n_rows:
-        raise SavlensError(f"patch source has {feats.n_examples} examples but the batch has {n_rows} rows.")
+        raise FeatureError(f"patch source has {feats.n_examples} examples but the batch has {n_rows} rows.")
     return feats.z[:, layer_row(feats, layer)][:, heads]

@@ -8,7 +8,7 @@ from collections.abc import Hashable, Sequence
 from typing import Any
 
 from savlens.cache import HeadFeatures
-from savlens.errors import SavlensError
+from savlens.errors import ArgumentError, FeatureError, InputError
 
 #: options of :func:`savlens.extract` an estimator remembers from fit time and reuses at predict time
 EXTRACT_OPTIONS = ("positions", "prompt_template", "chat", "system_prompt", "dtype")
@@ -38,18 +38,18 @@ def as_features(
     if isinstance(data, HeadFeatures):
         return data, labels_or_examples
     if not is_model(data):
-        raise SavlensError(
+        raise FeatureError(
             f"{what}: expected HeadFeatures (from savlens.extract) or a savlens.Model with examples; "
             f"got {type(data).__name__}."
         )
     if labels_or_examples is None:
-        raise SavlensError(f"{what}(model, examples): give the examples to run the model on.")
+        raise InputError(f"{what}(model, examples): give the examples to run the model on.")
     from savlens.extraction import extract
 
     opts = dict(options or {})
     unknown = set(opts) - set(EXTRACT_OPTIONS) - set(RUN_OPTIONS)
     if unknown:
-        raise SavlensError(
+        raise ArgumentError(
             f"{what}: unknown extraction options {sorted(unknown)}; use {EXTRACT_OPTIONS + RUN_OPTIONS}."
         )
     names = "blocks.*.attn.hook_z" if layers is None else "blocks.{" + ",".join(map(str, layers)) + "}.attn.hook_z"

@@ -26,7 +26,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from savlens.cache import HeadFeatures
-from savlens.errors import FeatureError, SavlensError
+from savlens.errors import ArgumentError, FeatureError, LabelError, LoadError, PositionError
 from savlens.heads import Head, HeadScores, HeadSet
 
 if TYPE_CHECKING:
@@ -73,9 +73,7 @@ def _figure(figsize: tuple[float, float], ax: "Axes | None" = None) -> tuple["Fi
     try:
         from matplotlib.figure import Figure
     except ImportError:
-        raise SavlensError(
-            "savlens.plot needs matplotlib, which is not installed: pip install 'savlens[plot]'."
-        ) from None
+        raise LoadError("savlens.plot needs matplotlib, which is not installed: pip install 'savlens[plot]'.") from None
     if ax is not None:
         return ax.get_figure(root=True), ax  # type: ignore[return-value]
     fig = Figure(figsize=figsize, layout="constrained")
@@ -195,9 +193,9 @@ def head_overlay(
         ax: draw into this axes instead of a new figure.
     """
     if not tasks:
-        raise SavlensError("head_overlay: no tasks given.")
+        raise ArgumentError("head_overlay: no tasks given.")
     if len(tasks) > len(_OVERLAY_STYLES):
-        raise SavlensError(f"head_overlay draws at most {len(_OVERLAY_STYLES)} tasks; got {len(tasks)}.")
+        raise ArgumentError(f"head_overlay draws at most {len(_OVERLAY_STYLES)} tasks; got {len(tasks)}.")
     chosen: dict[str, HeadSet] = {}
     for name, value in tasks.items():
         if isinstance(value, HeadScores):
@@ -257,7 +255,7 @@ def tsne_embedding(
     try:
         from sklearn.manifold import TSNE
     except ImportError:
-        raise SavlensError(
+        raise LoadError(
             "head_tsne needs scikit-learn, which is not installed: pip install 'savlens[sklearn]'."
         ) from None
     from savlens.sav import gather_heads
@@ -348,10 +346,10 @@ def vote_histograms(votes: "Votes", labels: Sequence[Hashable], *, title: str | 
     """
     classes = list(votes.classes)
     if len(labels) != votes.votes.shape[0]:
-        raise SavlensError(f"vote_histograms: {len(labels)} labels for {votes.votes.shape[0]} examples.")
+        raise LabelError(f"vote_histograms: {len(labels)} labels for {votes.votes.shape[0]} examples.")
     unknown = sorted({str(lab) for lab in labels if lab not in classes})
     if unknown:
-        raise SavlensError(f"vote_histograms: labels {unknown} are not classes of these votes {classes}.")
+        raise LabelError(f"vote_histograms: labels {unknown} are not classes of these votes {classes}.")
     k = int(votes.votes.shape[1])
     truth = torch.tensor([classes.index(lab) for lab in labels])
     true_votes = votes.counts.gather(1, truth[:, None])[:, 0].numpy()
@@ -412,7 +410,7 @@ def accuracy_curve(
     for name, values in curves.items():
         runs = [np.atleast_1d(np.asarray(v, dtype=float)) for v in values]
         if len(runs) != len(xs):
-            raise SavlensError(f"accuracy_curve: curve {name!r} has {len(runs)} points for {len(xs)} x values.")
+            raise ArgumentError(f"accuracy_curve: curve {name!r} has {len(runs)} points for {len(xs)} x values.")
         mean = np.array([r.mean() for r in runs])
         (line,) = ax.plot(xs, mean, marker="o", markersize=4, label=name)
         if any(r.size > 1 for r in runs):
@@ -513,13 +511,13 @@ def confusion_heatmap(
 ) -> "Figure":
     """Draw the confusion matrix of predictions (rows: true class, columns: predicted class; counts)."""
     if len(truth) != len(predicted):
-        raise SavlensError(f"confusion_heatmap: {len(truth)} true labels for {len(predicted)} predictions.")
+        raise LabelError(f"confusion_heatmap: {len(truth)} true labels for {len(predicted)} predictions.")
     classes = list(classes) if classes is not None else sorted(set(truth) | set(predicted), key=str)
     index = {c: i for i, c in enumerate(classes)}
     counts = np.zeros((len(classes), len(classes)), dtype=np.int64)
     for t, p in zip(truth, predicted):
         if t not in index or p not in index:
-            raise SavlensError(f"confusion_heatmap: label {t if t not in index else p!r} is not in {classes}.")
+            raise LabelError(f"confusion_heatmap: label {t if t not in index else p!r} is not in {classes}.")
         counts[index[t], index[p]] += 1
     names = [str(c) for c in classes]
     acc = np.trace(counts) / max(1, counts.sum())
@@ -579,20 +577,22 @@ def attention_on_image(
             f"got shape {tuple(pattern.shape)}."
         )
     if not 0 <= row < pattern.shape[0] or not 0 <= head < pattern.shape[1]:
-        raise SavlensError(f"attention_on_image: row={row}, head={head} out of range for shape {tuple(pattern.shape)}.")
+        raise ArgumentError(
+            f"attention_on_image: row={row}, head={head} out of range for shape {tuple(pattern.shape)}."
+        )
     where = torch.nonzero(batch.image_mask[row]).squeeze(1)
     if where.numel() == 0:
-        raise SavlensError(f"attention_on_image: row {row} of the batch has no image tokens.")
+        raise PositionError(f"attention_on_image: row {row} of the batch has no image tokens.")
     if grid is None:
         side = int(round(where.numel() ** 0.5))
         if side * side != where.numel():
-            raise SavlensError(
+            raise ArgumentError(
                 f"attention_on_image: row {row} has {where.numel()} image tokens, not a square; pass grid=(rows, cols)."
             )
         grid = (side, side)
     n = grid[0] * grid[1]
     if (image_index + 1) * n > where.numel():
-        raise SavlensError(
+        raise PositionError(
             f"attention_on_image: grid {grid} x image {image_index + 1} needs {(image_index + 1) * n} image tokens; "
             f"row {row} has {where.numel()}."
         )

@@ -19,7 +19,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from savlens.cache import HeadFeatures
-from savlens.errors import ArgumentError, FeatureError, LabelError, SavlensError, StoreError
+from savlens.errors import ArgumentError, FeatureError, LabelError, NotFittedError, SavlensError, StoreError
 from savlens.heads import Head, HeadScores, HeadSet
 from savlens.io import json_safe, read_json, read_tensors, sha256_bytes, tensors_to_bytes, write_bytes, write_json
 from savlens.pipeline import as_features, remembered
@@ -205,7 +205,7 @@ class SAV:
         """Set constructor parameters (scikit-learn convention) and return self."""
         for key, value in params.items():
             if key not in self.get_params():
-                raise SavlensError(f"SAV.set_params: unknown parameter {key!r}.")
+                raise ArgumentError(f"SAV.set_params: unknown parameter {key!r}.")
             setattr(self, key, value)
         return self
 
@@ -219,7 +219,7 @@ class SAV:
 
     def _check_fitted(self, what: str) -> None:
         if not self._fitted():
-            raise SavlensError(f"{what}: this SAV is not fitted yet; call fit(features) first.")
+            raise NotFittedError(f"{what}: this SAV is not fitted yet; call fit(features) first.")
 
     @property
     def required_layers(self) -> tuple[int, ...]:
@@ -265,9 +265,9 @@ class SAV:
         enc = encode_labels(labels, order="first" if self.reference else "sorted", what=what)
         if self.reference:
             if self.scorer != "centroid":
-                raise SavlensError(f"{what}: reference=True uses the centroid criterion; got scorer={self.scorer!r}.")
+                raise ArgumentError(f"{what}: reference=True uses the centroid criterion; got scorer={self.scorer!r}.")
             if self.mode not in (None, "in_sample"):
-                raise SavlensError(f"{what}: reference=True scores in sample; got mode={self.mode!r}.")
+                raise ArgumentError(f"{what}: reference=True scores in sample; got mode={self.mode!r}.")
             scores = centroid_accuracy(features, labels, mode="in_sample", reference=True)
             heads = scores.reference_top_k(self.k)
         else:
@@ -296,7 +296,7 @@ class SAV:
         what = "SAV.fit_heads"
         heads = heads if isinstance(heads, HeadSet) else HeadSet(heads)
         if not heads:
-            raise SavlensError(f"{what}: heads is empty; give at least one head.")
+            raise ArgumentError(f"{what}: heads is empty; give at least one head.")
         labels = resolve_labels(features, labels, what)
         enc = encode_labels(labels, order="first" if self.reference else "sorted", what=what)
         self.k = len(heads)

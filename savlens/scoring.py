@@ -24,7 +24,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from savlens.cache import HeadFeatures
-from savlens.errors import FeatureError, LabelError, SavlensError
+from savlens.errors import ArgumentError, FeatureError, LabelError
 from savlens.heads import HeadScores
 
 EPS = 1e-8
@@ -102,7 +102,7 @@ def encode_labels(
     elif order == "first":
         classes = tuple(dict.fromkeys(values))
     else:
-        raise SavlensError(f"{what}: class order must be 'sorted' or 'first'; got {order!r}.")
+        raise ArgumentError(f"{what}: class order must be 'sorted' or 'first'; got {order!r}.")
     if len(classes) < min_classes:
         raise LabelError(
             f"{what}: the labels hold a single class ({classes[0]!r}, {len(values)} examples); "
@@ -176,7 +176,7 @@ def stratified_folds(
     codes = labels if isinstance(labels, Tensor) else encode_labels(labels, min_classes=1).codes
     n = int(codes.shape[0])
     if isinstance(n_folds, bool) or not isinstance(n_folds, int) or not 2 <= n_folds <= n:
-        raise SavlensError(f"n_folds must be an int between 2 and the {n} examples; got {n_folds!r}.")
+        raise ArgumentError(f"n_folds must be an int between 2 and the {n} examples; got {n_folds!r}.")
     rng = np.random.default_rng(seed)
     folds = np.empty(n, dtype=np.int64)
     offset = 0
@@ -210,9 +210,9 @@ def register_scorer(name: str, *, replace: bool = False) -> Callable[[Scorer], S
 
     def decorate(fn: Scorer) -> Scorer:
         if not callable(fn):
-            raise SavlensError(f"register_scorer({name!r}) decorates a function; got {fn!r}.")
+            raise ArgumentError(f"register_scorer({name!r}) decorates a function; got {fn!r}.")
         if name in _SCORERS and _SCORERS[name] is not fn and not replace:
-            raise SavlensError(
+            raise ArgumentError(
                 f"a criterion named {name!r} is already registered ({_SCORERS[name].__qualname__}); "
                 "pass replace=True to override it."
             )
@@ -229,7 +229,7 @@ def get_scorer(scorer: str | Scorer) -> Scorer:
     try:
         return _SCORERS[scorer]
     except KeyError:
-        raise SavlensError(
+        raise ArgumentError(
             f"no criterion is registered as {scorer!r}; registered: {', '.join(sorted(_SCORERS))}. "
             "Register one with @savlens.scoring.register_scorer(name)."
         ) from None
@@ -261,8 +261,9 @@ def run_scorer(
     """Call a criterion, passing ``mode`` (when not None) and those ``options`` its signature accepts.
 
     Raises:
-        SavlensError: ``mode`` was given but the criterion takes none, or it returned something other
-            than a ``layer head_index`` :class:`HeadScores` for these features.
+        ArgumentError: ``mode`` was given but the criterion takes none, or it returned something other
+            than :class:`HeadScores`.
+        FeatureError: the criterion's scores do not cover the features' ``layer head_index`` grid.
     """
     fn = get_scorer(scorer)
     name = scorer_name(scorer)
@@ -271,18 +272,18 @@ def run_scorer(
     kwargs = {k: v for k, v in options.items() if v is not None and (takes_any or k in params)}
     if mode is not None:
         if not (takes_any or "mode" in params):
-            raise SavlensError(f"criterion {name!r} takes no mode; drop mode={mode!r} or use another criterion.")
+            raise ArgumentError(f"criterion {name!r} takes no mode; drop mode={mode!r} or use another criterion.")
         kwargs["mode"] = mode
     result = fn(features, labels, **kwargs)
     if not isinstance(result, HeadScores):
-        raise SavlensError(f"criterion {name!r} returned {type(result).__name__}; it must return HeadScores.")
+        raise ArgumentError(f"criterion {name!r} returned {type(result).__name__}; it must return HeadScores.")
     if tuple(result.scores.shape) != (features.n_layers, features.n_heads):
-        raise SavlensError(
+        raise FeatureError(
             f"criterion {name!r} returned scores of shape {tuple(result.scores.shape)} for features with "
             f"layer={features.n_layers}, head_index={features.n_heads}."
         )
     if tuple(result.layers or ()) != tuple(features.layers or ()):
-        raise SavlensError(
+        raise FeatureError(
             f"criterion {name!r} returned scores for layers {result.layers} but the features hold layers "
             f"{features.layers}; build its HeadScores with layers=features.layers."
         )
@@ -432,9 +433,9 @@ def centroid_accuracy(
     what = "centroid_accuracy"
     mode = ("in_sample" if reference else "loo") if mode is None else mode
     if mode not in MODES:
-        raise SavlensError(f"{what}: mode must be one of {MODES}; got {mode!r}.")
+        raise ArgumentError(f"{what}: mode must be one of {MODES}; got {mode!r}.")
     if reference and mode != "in_sample":
-        raise SavlensError(f"{what}: reference=True scores in sample, as the reference code; got mode={mode!r}.")
+        raise ArgumentError(f"{what}: reference=True scores in sample, as the reference code; got mode={mode!r}.")
     enc = encode_labels(resolve_labels(features, labels, what), order="first" if reference else "sorted", what=what)
     x = _flat(head_matrix(features, what))
     n, c = features.n_examples, enc.n_classes
@@ -537,9 +538,9 @@ def probe_accuracy(
     """
     what = "probe_accuracy"
     if mode not in MODES:
-        raise SavlensError(f"{what}: mode must be one of {MODES}; got {mode!r}.")
+        raise ArgumentError(f"{what}: mode must be one of {MODES}; got {mode!r}.")
     if not alpha > 0:
-        raise SavlensError(f"{what}: alpha must be > 0; got {alpha!r}.")
+        raise ArgumentError(f"{what}: alpha must be > 0; got {alpha!r}.")
     enc = encode_labels(resolve_labels(features, labels, what), what=what)
     x = _flat(head_matrix(features, what))
     x = x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(EPS)

@@ -17,7 +17,14 @@ from jaxtyping import Float
 from torch import Tensor
 
 from savlens.cache import ActivationCache, CacheEntry
-from savlens.errors import ArgumentError, HookNotAvailableError, PositionError, SavlensError
+from savlens.errors import (
+    ArgumentError,
+    HookNotAvailableError,
+    InputError,
+    ModelSpecError,
+    PositionError,
+    TraceStateError,
+)
 from savlens.inputs import Batch
 from savlens.interventions import Edit, apply_edits, as_features, by_layer, head_values, layer_row, row_values
 from savlens.loading import Model
@@ -49,7 +56,7 @@ class Handle:
 
     def _filled(self) -> ActivationCache:
         if self._cache is None:
-            raise SavlensError(
+            raise TraceStateError(
                 f"the value of {self.names[0]!r}{' ...' if len(self.names) > 1 else ''} is not available yet: "
                 "saved values are filled when the `with savlens.trace(...)` block ends."
             )
@@ -91,20 +98,20 @@ class Trace:
         self, model: Model, batch: Batch, *, logits: LogitsMode = "last", stop_at_layer: int | None = None
     ) -> None:
         if not isinstance(model, Model):
-            raise SavlensError(
+            raise ArgumentError(
                 f"savlens.trace needs a savlens.Model (savlens.load / savlens.wrap); got {type(model).__name__}."
             )
         if not isinstance(batch, Batch):
-            raise SavlensError(
+            raise InputError(
                 f"savlens.trace needs a savlens.Batch (savlens.Batch.from_examples); got {type(batch).__name__}."
             )
         batch.check_model(model)
         if logits not in ("last", "all", None):
-            raise SavlensError(f"logits must be 'last', 'all' or None; got {logits!r}.")
+            raise ArgumentError(f"logits must be 'last', 'all' or None; got {logits!r}.")
         if stop_at_layer is not None and not 0 <= stop_at_layer < model.n_layers:
-            raise SavlensError(f"stop_at_layer={stop_at_layer} is out of range for {model.n_layers} layers.")
+            raise ArgumentError(f"stop_at_layer={stop_at_layer} is out of range for {model.n_layers} layers.")
         if stop_at_layer is not None and logits is not None:
-            raise SavlensError("stop_at_layer stops the forward pass before the logits: pass logits=None with it.")
+            raise ArgumentError("stop_at_layer stops the forward pass before the logits: pass logits=None with it.")
         self.model, self.batch = model, batch
         self._logits_mode: LogitsMode = logits
         self._stop_at_layer = stop_at_layer
@@ -140,7 +147,7 @@ class Trace:
             HookNotAvailableError: ``hook_pattern`` without eager attention.
         """
         if self._ran:
-            raise SavlensError("this trace already ran; open a new `with savlens.trace(...)` block to save more.")
+            raise TraceStateError("this trace already ran; open a new `with savlens.trace(...)` block to save more.")
         check_device_dtype(device, dtype, "t.save")
         concrete = resolve(names, self.model.n_layers, self.model.multimodal)
         for n in concrete:
@@ -157,7 +164,7 @@ class Trace:
                 )
             layer, _ = split_name(n)
             if self._stop_at_layer is not None and layer is not None and layer > self._stop_at_layer:
-                raise SavlensError(f"{n!r} is past stop_at_layer={self._stop_at_layer}; it would never run.")
+                raise HookNotAvailableError(f"{n!r} is past stop_at_layer={self._stop_at_layer}; it would never run.")
         if positions is not None and positions != "all":
             select_positions(self.batch, positions)  # validate now, inside the user's block
         self._requests.append(_Request(concrete, positions, device, dtype))
@@ -173,16 +180,16 @@ class Trace:
         A name saved twice (e.g. at two different positions) holds the value of the later ``t.save`` here;
         each :class:`Handle` keeps its own."""
         if self._cache is None:
-            raise SavlensError("t.cache is filled when the `with savlens.trace(...)` block ends.")
+            raise TraceStateError("t.cache is filled when the `with savlens.trace(...)` block ends.")
         return self._cache
 
     @property
     def logits(self) -> Float[Tensor, "batch pos d_vocab"]:
         """The logits (``pos`` = 1 for ``logits="last"``), available after the block."""
         if not self._ran:
-            raise SavlensError("t.logits is available when the `with savlens.trace(...)` block ends.")
+            raise TraceStateError("t.logits is available when the `with savlens.trace(...)` block ends.")
         if self._logits is None:
-            raise SavlensError("this trace ran with logits=None (or stop_at_layer); no logits were kept.")
+            raise TraceStateError("this trace ran with logits=None (or stop_at_layer); no logits were kept.")
         return self._logits
 
     # ---- interventions ---------------------------------------------------------------------------
@@ -199,9 +206,9 @@ class Trace:
             positions: where to ablate (default every position).
         """
         if how not in ("zero", "mean"):
-            raise SavlensError(f"ablate(how=...) must be 'zero' or 'mean'; got {how!r}.")
+            raise ArgumentError(f"ablate(how=...) must be 'zero' or 'mean'; got {how!r}.")
         if how == "mean" and means is None:
-            raise SavlensError("ablate(how='mean') needs means=: HeadFeatures or a layer head_index d_head tensor.")
+            raise ArgumentError("ablate(how='mean') needs means=: HeadFeatures or a layer head_index d_head tensor.")
         for layer, hs in by_layer(heads, self.model):
             value = None if how == "zero" else head_values(means, layer, hs, self.model)
             self._add_edit(Edit(layer, hs, "set", value, positions, f"{how}-ablation"))
@@ -235,9 +242,11 @@ class Trace:
 
     def _add_edit(self, edit: Edit) -> None:
         if self._ran:
-            raise SavlensError("this trace already ran; declare interventions inside the `with` block.")
+            raise TraceStateError("this trace already ran; declare interventions inside the `with` block.")
         if self._stop_at_layer is not None and edit.layer > self._stop_at_layer:
-            raise SavlensError(f"{edit.describe()} is past stop_at_layer={self._stop_at_layer}; it would never run.")
+            raise HookNotAvailableError(
+                f"{edit.describe()} is past stop_at_layer={self._stop_at_layer}; it would never run."
+            )
         if edit.positions != "all":
             select_positions(self.batch, edit.positions)
         self._edits.append(edit)
@@ -398,7 +407,7 @@ def _first(x: Any) -> Tensor:
         return x[0]
     if hasattr(x, "last_hidden_state"):
         return x.last_hidden_state
-    raise SavlensError(f"cannot read a tensor from a module output of type {type(x).__name__}.")
+    raise ModelSpecError(f"cannot read a tensor from a module output of type {type(x).__name__}.")
 
 
 def _execute(

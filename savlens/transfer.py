@@ -15,7 +15,7 @@ from torch import Tensor
 
 from savlens.cache import HeadFeatures
 from savlens.compare import jaccard, spearman
-from savlens.errors import SavlensError
+from savlens.errors import ArgumentError
 from savlens.heads import HeadScores, HeadSet
 from savlens.sav import SAV
 from savlens.scoring import Scorer
@@ -84,7 +84,7 @@ class TransferMatrix:
         try:
             return float(self.accuracy[self.tasks.index(source), self.tasks.index(target)])
         except ValueError:
-            raise SavlensError(f"TransferMatrix: tasks are {self.tasks}; got {pair!r}.") from None
+            raise ArgumentError(f"TransferMatrix: tasks are {self.tasks}; got {pair!r}.") from None
 
     def overlap(self) -> TaskOverlap:
         """Return the Jaccard overlap of the tasks' heads and the Spearman correlation of their scores."""
@@ -128,7 +128,7 @@ def transfer_matrix(
         reference: use reference-mode SAVs.
     """
     if not tasks:
-        raise SavlensError("transfer_matrix: no tasks given.")
+        raise ArgumentError("transfer_matrix: no tasks given.")
     splits = {name: s if isinstance(s, TaskSplit) else TaskSplit(*s) for name, s in tasks.items()}
     names = tuple(splits)
     first = splits[names[0]].train

@@ -10,6 +10,7 @@ Inputs that are accepted with a conversion instead (grey, RGBA, 16-bit, 1x1 imag
 tested at the end; docs/errors/input-error.md records each decision.
 """
 
+import builtins
 import hashlib
 import json
 import re
@@ -42,9 +43,11 @@ from savlens.errors import (
     LabelError,
     LoadError,
     ModelSpecError,
+    NotFittedError,
     PositionError,
     SavlensError,
     StoreError,
+    TraceStateError,
     UnsupportedModelError,
 )
 from savlens.models.tiny import build_tiny, build_tokenizer, sample_images
@@ -806,6 +809,50 @@ def _(env: Env) -> Call:
     sav = SAV(k=2).fit(_features())
     (env.tmp / "clf.sav").write_text("keep me")
     return Call(lambda: sav.save(env.tmp / "clf.sav"))
+
+
+# ---- using the API out of order, unknown names, missing extras -------------------------------------------------
+@bad("a SAV used before fit", NotFittedError, r"this SAV is not fitted yet", r"call fit\(features\) first")
+def _(env: Env) -> Call:
+    return Call(lambda: SAV(k=2).predict(_features()))
+
+
+@bad("a save after the trace ran", TraceStateError, r"this trace already ran", r"open a new `with savlens\.trace")
+def _(env: Env) -> Call:
+    model = _lm()
+    with savlens.trace(model, savlens.Batch.from_examples(model, ["what is it ?"])) as t:
+        t.save("blocks.0.attn.hook_z")
+    return Call(lambda: t.save("blocks.1.attn.hook_z"), (model,))
+
+
+@bad(
+    "a criterion name that is not registered",
+    ArgumentError,
+    r"no criterion is registered as 'centroids'; registered: .*centroid",
+    r"Register one with @savlens\.scoring\.register_scorer",
+)
+def _(env: Env) -> Call:
+    return Call(lambda: SAV(k=2, scorer="centroids").fit(_features()))
+
+
+@bad(
+    "HeadLinearProbe without scikit-learn",
+    LoadError,
+    r"HeadLinearProbe needs scikit-learn, which is not installed",
+    r"pip install 'savlens\[sklearn\]'",
+)
+def _(env: Env) -> Call:
+    from savlens.classifiers import HeadLinearProbe
+
+    real_import = builtins.__import__
+
+    def no_sklearn(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name.startswith("sklearn"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    env.monkeypatch.setattr(builtins, "__import__", no_sklearn)
+    return Call(lambda: HeadLinearProbe(k=2).fit(_features()))
 
 
 # ---- the harness ---------------------------------------------------------------------------------------------

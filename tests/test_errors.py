@@ -1,16 +1,21 @@
 """Bad input to the activation API: each a SavlensError subclass whose message names the problem."""
 
 import pytest
+import torch
 from conftest import mixed_examples, tiny
 
 import savlens
+from savlens.classifiers import HeadKNN, SparseLayers
 from savlens.errors import (
+    ArgumentError,
     BatchMismatchError,
     HookNameError,
     HookNotAvailableError,
     InputError,
+    NotFittedError,
     PositionError,
     SavlensError,
+    TraceStateError,
 )
 from savlens.models.tiny import build_tiny, sample_images
 
@@ -90,9 +95,13 @@ def test_values_are_not_readable_inside_the_block() -> None:
     model = tiny("llama")
     with savlens.trace(model, _batch(model)) as t:
         z = t.save("blocks.0.attn.hook_z")
-        with pytest.raises(SavlensError, match="filled when the `with savlens.trace"):
+        with pytest.raises(TraceStateError, match="filled when the `with savlens.trace"):
             _ = z.value
     assert z.value.shape[0] == 3
+    with pytest.raises(TraceStateError, match="this trace already ran; open a new `with savlens.trace"):
+        t.save("blocks.0.attn.hook_z")
+    with pytest.raises(TraceStateError, match="declare interventions inside the `with` block"):
+        t.ablate("L0H0")
 
 
 def test_bad_examples() -> None:
@@ -113,3 +122,24 @@ def test_text_longer_than_context() -> None:
     model = tiny("llama")
     with pytest.raises(InputError, match="more than the model's context of 512"):
         savlens.Batch.from_examples(model, ["hello " * 600])
+
+
+def test_estimators_used_before_fit() -> None:
+    feats = savlens.HeadFeatures(torch.randn(4, 2, 2, 3), labels=["a", "b", "a", "b"])
+    with pytest.raises(NotFittedError, match=r"SAV\.\w+: this SAV is not fitted yet; call fit\(features\) first"):
+        savlens.SAV(k=2).predict(feats)
+    with pytest.raises(NotFittedError, match="HeadKNN.*not fitted yet"):
+        HeadKNN(k=2).predict(feats)
+    with pytest.raises(NotFittedError, match="SparseLayers: not fitted yet"):
+        SparseLayers(k=1).predict(feats)
+
+
+def test_subclasses_are_still_savlens_errors() -> None:
+    model = tiny("llama")
+    with pytest.raises(SavlensError, match="stop_at_layer=7 is out of range for 3 layers"):
+        savlens.trace(model, _batch(model), logits=None, stop_at_layer=7)
+    with pytest.raises(ArgumentError, match="pass logits=None with it"):
+        savlens.trace(model, _batch(model), stop_at_layer=1)
+    for cls in (TraceStateError, NotFittedError):
+        assert issubclass(cls, SavlensError)
+        assert f"/errors/{cls.page}/" in str(cls("x"))

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from savlens.errors import FeatureError, SavlensError
+from savlens.errors import ArgumentError, FeatureError, HookNameError, SavlensError
 from savlens.heads import Head, HeadScores, HeadSet, tie_order
 
 MODULES = [
@@ -38,11 +38,11 @@ def test_head_label_parse_order() -> None:
     assert sorted([Head(2, 5), Head(1, 7), Head(2, 0)]) == [Head(1, 7), Head(2, 0), Head(2, 5)]
     assert Head.coerce((14, 3)) == h and Head.coerce("L14H3") == h
     assert h.flat(28) == 14 * 28 + 3
-    with pytest.raises(SavlensError, match="cannot read a head from 'layer14'"):
+    with pytest.raises(HookNameError, match="cannot read a head from 'layer14'"):
         Head.parse("layer14")
-    with pytest.raises(SavlensError, match="must be >= 0"):
+    with pytest.raises(ArgumentError, match="must be >= 0"):
         Head(-1, 0)
-    with pytest.raises(SavlensError, match="head_index=3"):
+    with pytest.raises(FeatureError, match="head_index=3"):
         Head(0, 3).flat(3)
     with pytest.raises(AttributeError):
         h.layer = 2  # type: ignore[misc]
@@ -71,9 +71,9 @@ def test_headset_json_and_index_round_trip() -> None:
     idx = a.to_index(28)
     assert idx.tolist() == [3 * 28 + 1, 2, 27 * 28 + 27]
     assert HeadSet.from_index(idx, 28) == a
-    with pytest.raises(SavlensError, match="L0H2 appears more than once"):
+    with pytest.raises(ArgumentError, match="L0H2 appears more than once"):
         HeadSet(["L0H2", (0, 2)])
-    with pytest.raises(SavlensError, match="JSON list"):
+    with pytest.raises(ArgumentError, match="JSON list"):
         HeadSet.from_json('{"a": 1}')
 
 

@@ -5,7 +5,7 @@ import torch
 from conftest import mixed_examples, tiny
 
 import savlens
-from savlens.errors import SavlensError
+from savlens.errors import ArgumentError, FeatureError, HookNotAvailableError
 from savlens.extraction import extract
 from savlens.heads import HeadSet
 
@@ -81,21 +81,21 @@ def test_bad_interventions() -> None:
     model = tiny("llama")
     batch = _batch(model)
     with (
-        pytest.raises(SavlensError, match="does not exist: 'tiny-llama' has 3 layers x 4 heads"),
+        pytest.raises(ArgumentError, match="does not exist: 'tiny-llama' has 3 layers x 4 heads"),
         savlens.trace(model, batch) as t,
     ):
         t.ablate("L5H0")
     with (
-        pytest.raises(SavlensError, match="past stop_at_layer=0"),
+        pytest.raises(HookNotAvailableError, match="past stop_at_layer=0"),
         savlens.trace(model, batch, logits=None, stop_at_layer=0) as t,
     ):
         t.ablate("L1H0")
-    with pytest.raises(SavlensError, match="needs means="), savlens.trace(model, batch) as t:
+    with pytest.raises(ArgumentError, match="needs means="), savlens.trace(model, batch) as t:
         t.ablate("L1H0", "mean")
-    with pytest.raises(SavlensError, match="does not broadcast"), savlens.trace(model, batch) as t:
+    with pytest.raises(FeatureError, match="does not broadcast"), savlens.trace(model, batch) as t:
         t.add("L1H0", torch.ones(7))
     with (
-        pytest.raises(SavlensError, match="patch source has 2 examples but the batch has 3 rows"),
+        pytest.raises(FeatureError, match="patch source has 2 examples but the batch has 3 rows"),
         savlens.trace(model, batch) as t,
     ):
         t.patch("L1H0", extract(model, ["a", "b"], progress=False))  # type: ignore[list-item]

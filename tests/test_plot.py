@@ -9,7 +9,7 @@ from conftest import tiny
 
 import savlens
 from savlens import plot
-from savlens.errors import SavlensError
+from savlens.errors import ArgumentError, FeatureError, LabelError, PositionError
 from savlens.heads import HeadScores, HeadSet
 from savlens.transfer import transfer_matrix
 
@@ -60,7 +60,7 @@ def test_score_heatmap_marks_given_heads_on_rows_of_model_layers() -> None:
     ax = fig.axes[0]
     np.testing.assert_array_equal(_scatter(ax, "selected-heads").get_offsets(), [[1, 1], [3, 0]])
     assert [t.get_text() for t in ax.get_yticklabels()] == ["5", "9"]
-    with pytest.raises(SavlensError, match="L7H0 is not in these scores"):
+    with pytest.raises(FeatureError, match="L7H0 is not in these scores"):
         plot.score_heatmap(scores, heads=["L7H0"])
 
 
@@ -131,7 +131,7 @@ def test_vote_histograms_count_votes_for_the_true_class(tmp_path: Path) -> None:
         n_right = sum(votes.labels()[i] == truth[i] for i in rows)
         assert sum(b.get_height() for b in right) == n_right
     _save(fig, tmp_path, "votes.png")
-    with pytest.raises(SavlensError, match="not classes"):
+    with pytest.raises(LabelError, match="not classes"):
         plot.vote_histograms(votes, ["zzz"] * len(truth))
 
 
@@ -148,7 +148,7 @@ def test_accuracy_curves_draw_means_bands_and_baselines(tmp_path: Path) -> None:
     _save(fig, tmp_path, "shots.png")
     fig = plot.accuracy_vs_k([1, 2, 4], {"SAV": [0.1, 0.2, 0.3], "layers": [0.3, 0.2, 0.1]})
     np.testing.assert_allclose(fig.axes[0].lines[1].get_ydata(), [0.3, 0.2, 0.1])
-    with pytest.raises(SavlensError, match="2 points for 3"):
+    with pytest.raises(ArgumentError, match="2 points for 3"):
         plot.accuracy_curve([1, 2, 3], {"x": [0.1, 0.2]}, xlabel="x")
 
 
@@ -192,9 +192,9 @@ def test_attention_on_image_draws_the_heads_weights_over_image_tokens(tmp_path: 
     np.testing.assert_allclose(drawn, pattern[1, 2, 0, where].reshape(side, side).numpy())
     assert fig.axes[0].get_title().startswith("L1H2:")
     _save(fig, tmp_path, "attention.png")
-    with pytest.raises(SavlensError, match="no image tokens"):
+    with pytest.raises(PositionError, match="no image tokens"):
         plot.attention_on_image(pattern, batch, head=0, row=0)
-    with pytest.raises(SavlensError, match="needs"):
+    with pytest.raises(PositionError, match="needs"):
         plot.attention_on_image(pattern, batch, head=0, row=1, grid=(side, side), image_index=1)
 
 

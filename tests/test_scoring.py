@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from savlens.cache import HeadFeatures
-from savlens.errors import FeatureError, LabelError, SavlensError
+from savlens.errors import ArgumentError, FeatureError, LabelError, SavlensError
 from savlens.heads import HeadScores, HeadSet
 from savlens.scoring import (
     _SCORERS,
@@ -236,18 +236,18 @@ def test_registry_extension_point(clean_registry) -> None:
     z, labels = planted(seed=0)
     f = HeadFeatures(z, labels=labels)
     assert run_scorer("first_dim", f, seed=3, n_folds=9).criterion == "first_dim"
-    with pytest.raises(SavlensError, match="criterion 'first_dim' takes no mode"):
+    with pytest.raises(ArgumentError, match="criterion 'first_dim' takes no mode"):
         run_scorer("first_dim", f, mode="loo")
-    with pytest.raises(SavlensError, match="already registered"):
+    with pytest.raises(ArgumentError, match="already registered"):
         register_scorer("first_dim")(lambda features, labels=None: None)
-    with pytest.raises(SavlensError, match=r"no criterion is registered as 'nope'; registered: .*centroid"):
+    with pytest.raises(ArgumentError, match=r"no criterion is registered as 'nope'; registered: .*centroid"):
         get_scorer("nope")
-    with pytest.raises(SavlensError, match="returned int; it must return HeadScores"):
+    with pytest.raises(ArgumentError, match="returned int; it must return HeadScores"):
         run_scorer(lambda features, labels: 3, f)
     shifted = HeadFeatures(z, labels=labels, layers=(4, 5, 6, 7))
-    with pytest.raises(SavlensError, match=r"returned scores for layers \(0, 1, 2, 3\) but the features hold layers"):
+    with pytest.raises(FeatureError, match=r"returned scores for layers \(0, 1, 2, 3\) but the features hold layers"):
         run_scorer(lambda features, labels: HeadScores(torch.zeros(4, 4), "rows"), shifted)
-    with pytest.raises(SavlensError, match=r"returned scores of shape \(1, 1\)"):
+    with pytest.raises(FeatureError, match=r"returned scores of shape \(1, 1\)"):
         run_scorer(lambda features, labels: HeadScores(torch.zeros(1, 1), "tiny"), f)
 
 
@@ -286,9 +286,9 @@ def test_label_errors_name_the_problem() -> None:
     one = labels[:-1] + [2]  # class 2 has a single example
     with pytest.raises(LabelError, match="class 2 is empty in the training split of fold"):
         centroid_accuracy(f, one, mode="kfold")
-    with pytest.raises(SavlensError, match="n_folds must be an int between 2 and the 40 examples"):
+    with pytest.raises(ArgumentError, match="n_folds must be an int between 2 and the 40 examples"):
         centroid_accuracy(f, labels, mode="kfold", n_folds=1)
-    with pytest.raises(SavlensError, match="mode must be one of"):
+    with pytest.raises(ArgumentError, match="mode must be one of"):
         centroid_accuracy(f, labels, mode="holdout")
     assert encode_labels(["b", "a", "b"]).classes == ("a", "b")
     assert encode_labels([True, False]).class_type == "bool"

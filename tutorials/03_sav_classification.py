@@ -81,8 +81,8 @@ print("predict(model, examples) agrees with predict(features) on", len(few), "ex
 # %% [markdown]
 # ## Save and load
 # A saved SAV is a folder: a tensor file named by its hash (centroids, scores) and `manifest.json` (classes,
-# heads, where the features came from, library versions, the tensor file's name and hash). `expect=` refuses to load it for features
-# from another model, hook, positions, prompt template or grid.
+# heads, where the features came from, library versions, the tensor file's name and hash). `expect=` refuses to
+# load it for features from another model, hook, positions, prompt template or grid.
 
 # %%
 folder = Path(tempfile.mkdtemp()) / "fortunes.sav"

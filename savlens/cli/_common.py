@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from savlens import errors as _errors
 from savlens.errors import (
+    ArgumentError,
     FeatureError,
     HookNameError,
     InputError,
@@ -29,7 +29,7 @@ INPUT_ERRORS = (
     HookNameError,
     PositionError,
     UnsupportedModelError,
-    *([_errors.ArgumentError] if hasattr(_errors, "ArgumentError") else []),
+    ArgumentError,
 )
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 TINY_PREFIX = "tiny:"
