@@ -514,7 +514,9 @@ def run_demo(
     )
     if out is not None:
         t2 = time.perf_counter()
-        result.figures = write_figures(Path(out), task, train, test, sav, votes, rows, seed=seed, k=k, model=model)
+        result.figures = write_figures(
+            Path(out), task, train, test, sav, votes, rows, seed=seed, k=k, model=model, extra=result.extra
+        )
         result.timings["figures_s"] = time.perf_counter() - t2
         (Path(out) / "results.json").write_text(json.dumps(result.to_dict(), indent=1, default=str))
     return result
@@ -532,11 +534,13 @@ def write_figures(
     seed: int,
     k: int,
     model: Model | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> list[str]:
     """Write the demo's figures into ``out``; return their paths.
 
-    With a vision-language ``model``, also the best head's attention from the last token over the image-token
-    grid of the first test example (``attention.png``; eager attention for that one forward pass).
+    With a vision-language ``model``, also where the selected heads look (``attention_shares.png``; their mean
+    shares go into ``extra["attention_shares"]``) and the attention over the image of the head that looks at it
+    most (``attention.png``); eager attention for those passes only.
     """
     from savlens import plot
     from savlens.transfer import TaskSplit, transfer_matrix
@@ -596,11 +600,13 @@ def write_figures(
     )
     save(plot.transfer_heatmap(matrix), "transfer.png")
     if model is not None and model.multimodal and task.test and task.test[0].n_images:
-        _attention_figures(model, task, sav, save)
+        _attention_figures(model, task, sav, save, extra if extra is not None else {})
     return written
 
 
-def _attention_figures(model: Model, task: DemoTask, sav: SAV, save: Callable[[Any, str], None]) -> None:
+def _attention_figures(
+    model: Model, task: DemoTask, sav: SAV, save: Callable[[Any, str], None], extra: dict[str, Any]
+) -> None:
     """Where the selected heads look from the last token (image / text / template shares over up to 16 test
     examples: ``attention_shares.png``), and the attention over the image grid of the first test example of
     the selected head that looks at the image most (``attention.png``). Eager attention for these passes only."""
@@ -614,6 +620,7 @@ def _attention_figures(model: Model, task: DemoTask, sav: SAV, save: Callable[[A
         shares = attention_shares(model, examples, sav.heads_, prompt_template=task.prompt_template)
         save(plot.attention_share_bars(shares, title=f"{task.name}: where the {len(sav.heads_)} SAV heads look"),
              "attention_shares.png")  # fmt: skip
+        extra["attention_shares"] = {"n_examples": len(examples), "mean": shares.mean()}
         looks = shares.image.mean(0)
         head = sav.heads_[int(looks.argmax())]
         example = examples[0]

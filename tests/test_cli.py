@@ -392,6 +392,9 @@ def test_demo_default_is_the_tiny_vlm_with_its_controls(capsys: pytest.CaptureFi
     names = {Path(f).name for f in payload["figures"]}
     assert {"attention.png", "attention_shares.png", "heads.png"} <= names
     assert (tmp_path / "attention.png").stat().st_size > 2000
+    shares = payload["extra"]["attention_shares"]["mean"]
+    assert list(shares) == payload["heads"]  # one entry per selected head, in rank order
+    assert all(abs(sum(v.values()) - 1) < 1e-4 for v in shares.values())  # image + text + system = 1
     assert run(capsys, "demo", "--task", "easy-vqa-color", "--model", TINY, "--quiet")[0] == 2  # text model
 
 
