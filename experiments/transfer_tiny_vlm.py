@@ -1,0 +1,276 @@
+"""Cross-task head transfer and sparse heads vs sparse layers on the tiny VLM (trained and random projector).
+
+    python experiments/transfer_tiny_vlm.py                       # 3 seeds: ~10 min cold on 1 core, ~25 s cached
+    python experiments/transfer_tiny_vlm.py --seeds 0 --figures docs/img
+
+The tiny-VLM analogue of the paper's "heads chosen on VLGuard, used on MHalu": four tasks built exactly as in
+experiments/sav_tiny_vlm.py (20 shots per class, disjoint held-out test examples, seeded split): easy-VQA
+yes/no, colour (8-way) and shape (3-way) questions, and Fashion-MNIST 4-way. For each seed of the split and for
+``savlens.load("tiny-vlm")`` and its control ``savlens.load("tiny-vlm-random")`` (projector untrained):
+
+- ``savlens.transfer.transfer_matrix`` (k heads chosen on task A with leave-one-out centroid scores, class
+  centroids refit on task B's shots, accuracy on B's test examples) and its ``overlap()`` (Jaccard of the top-k
+  head sets, Spearman correlation of the full 30 x 9 score tables);
+- two baselines for each column of the matrix: k heads drawn at random (``SAV.fit_heads``, mean of 10 draws)
+  and all 270 heads voting;
+- ``savlens.transfer.task_overlap`` of the same task on the trained and the random-projector model;
+- sparse heads vs sparse layers at the same feature budget (``savlens.compare.layer_budget``: round(k / 9)
+  layers of 9 x 64 dims against k heads of 64 dims): on the fixed split (``SAV`` vs
+  ``savlens.classifiers.SparseLayers``, fitted on the shots, scored on the test examples) and with
+  ``savlens.compare.compare_heads_layers`` (5 stratified folds over shots + test examples, with its
+  shuffled-label control of each arm).
+
+Last-token ``blocks.*.attn.hook_z`` features are cached in one savlens feature store per model under
+``~/.cache/savlens/experiments/tiny_vlm_transfer/<model id>`` (a rerun reads them back in seconds; new seeds add
+only the examples not yet stored). Extraction dominates the run time: ~2 min per model and seed on one core
+(less for later seeds, whose splits share examples with earlier ones); the rest takes ~2 s per model and seed.
+Writes experiments/results/tiny_vlm_transfer.json (per-seed matrices, head sets, the mean and sd over seeds,
+timings and the machine), rewritten after each seed; prints the Markdown tables of docs/results.md; with
+``--figures DIR`` also writes DIR/tiny-vlm-transfer.png and DIR/tiny-vlm-random-transfer.png (the seed-mean
+transfer matrices).
+"""
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _tiny_vlm_common import RESULTS, machine, write_json  # noqa: E402
+from sav_tiny_vlm import tasks  # noqa: E402  (the same seeded splits as the SAV table of docs/results.md)
+
+import savlens  # noqa: E402
+from savlens.classifiers import SparseLayers  # noqa: E402
+from savlens.compare import compare_heads_layers, layer_budget  # noqa: E402
+from savlens.threads import limit_threads  # noqa: E402
+from savlens.transfer import TaskSplit, TransferMatrix, task_overlap, transfer_matrix  # noqa: E402
+
+CACHE = Path.home() / ".cache" / "savlens" / "experiments" / "tiny_vlm_transfer"
+MODELS = ("tiny-vlm", "tiny-vlm-random")
+SHORT = {"easy-vqa/yes_no": "yes/no", "easy-vqa/color": "colour", "easy-vqa/shape": "shape",
+         "fashion-mnist/4-way": "fashion"}  # fmt: skip
+
+
+def features(model: savlens.Model, seed: int) -> dict[str, TaskSplit]:
+    """Extract (or read back from the model's store) every task's shot and test features for one split seed."""
+    store = CACHE / model.model_id
+    out = {}
+    for name, (train, test) in tasks(seed).items():
+        f_train = savlens.extract(model, train, batch_size=16, store=store, progress=False)
+        f_test = savlens.extract(model, test, batch_size=16, store=store, progress=False)
+        out[SHORT[name]] = TaskSplit(f_train, f_test)
+    return out
+
+
+def heads_vs_layers(splits: dict[str, TaskSplit], matrix: TransferMatrix, k: int, seed: int) -> dict[str, Any]:
+    """Sparse heads vs sparse layers per task: fixed split (SAV = the matrix diagonal) and 5-fold CV + control."""
+    out = {}
+    for name, s in splits.items():
+        k_layers = layer_budget(k, s.train.n_layers, s.train.n_heads, "features")
+        layers = SparseLayers(k_layers, seed=seed).fit(s.train)
+        cv = compare_heads_layers(savlens.HeadFeatures.concat([s.train, s.test]), k=k, seed=seed, n_folds=5)
+        out[name] = {
+            "k_layers": k_layers,
+            "n_features_heads": cv.n_features_heads,
+            "n_features_layers": cv.n_features_layers,
+            "split_heads": matrix[name, name],
+            "split_layers": layers.score(s.test),
+            "split_layers_chosen": list(layers.layers_),
+            "cv": cv.mean(),
+            "cv_chance": cv.chance,
+        }
+    return out
+
+
+def head_baselines(splits: dict[str, TaskSplit], k: int, seed: int, draws: int = 10) -> dict[str, Any]:
+    """Baselines for a transfer cell: ``k`` heads drawn at random (mean of ``draws``), and all heads voting."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, s in splits.items():
+        n_layers, n_heads = s.train.n_layers, s.train.n_heads
+        accs = []
+        for _ in range(draws):
+            flat = rng.choice(n_layers * n_heads, size=k, replace=False).tolist()
+            heads = savlens.HeadSet([(i // n_heads, i % n_heads) for i in flat])
+            accs.append(savlens.SAV(k).fit_heads(s.train, heads=heads).score(s.test))
+        every = savlens.SAV(n_layers * n_heads, seed=seed).fit(s.train).score(s.test)
+        out[name] = {"random_heads": float(np.mean(accs)), "random_heads_draws": accs, "all_heads": every}
+    return out
+
+
+def where(heads: list[str], n_layers: int) -> dict[str, Any]:
+    """Say where a head set sits: its median layer and how many heads fall in each third of the layers."""
+    layer = [savlens.Head.parse(h).layer for h in heads]
+    thirds = [sum(1 for x in layer if i * n_layers // 3 <= x < (i + 1) * n_layers // 3) for i in range(3)]
+    return {"median_layer": float(np.median(layer)), "per_third": thirds}
+
+
+def run_seed(models: dict[str, savlens.Model], seed: int, k: int) -> dict[str, Any]:
+    """Everything for one split seed and both models."""
+    out: dict[str, Any] = {}
+    scores = {}
+    for mid, model in models.items():
+        t0 = time.perf_counter()
+        splits = features(model, seed)
+        t_extract = time.perf_counter() - t0
+        matrix = transfer_matrix(splits, k=k, seed=seed)
+        overlap = matrix.overlap()
+        hvl = heads_vs_layers(splits, matrix, k, seed)
+        scores |= {(mid, t): s for t, s in matrix.scores.items()}
+        out[mid] = {
+            **matrix.to_dict(),
+            "jaccard": overlap.jaccard.tolist(),
+            "spearman": overlap.spearman.tolist(),
+            "where": {t: where(h.to_list(), model.n_layers) for t, h in matrix.heads.items()},
+            "heads_vs_layers": hvl,
+            "baselines": head_baselines(splits, k, seed),
+            "n_train": {t: s.train.n_examples for t, s in splits.items()},
+            "n_test": {t: s.test.n_examples for t, s in splits.items()},
+            "seconds_features": round(t_extract, 1),
+            "seconds_analysis": round(time.perf_counter() - t0 - t_extract, 1),
+        }
+        print(f"seed {seed} {mid}: features {t_extract:.0f} s\n{matrix}\n{overlap}", flush=True)
+    tasks_ = out[MODELS[0]]["tasks"]
+    same = {}
+    for t in tasks_:  # the same task on the trained and the random-projector model
+        o = task_overlap({"trained": scores[(MODELS[0], t)], "random": scores[(MODELS[1], t)]}, k=k, seed=seed)
+        same[t] = {"jaccard": float(o.jaccard[0, 1]), "spearman": float(o.spearman[0, 1])}
+    out["trained_vs_random"] = same
+    return out
+
+
+def summarize(per_seed: dict[str, Any]) -> dict[str, Any]:
+    """Mean and sd (ddof=1; 0 with one seed) over seeds of every matrix and heads-vs-layers number."""
+
+    def ms(values: list[Any]) -> dict[str, Any]:
+        a = np.asarray(values, dtype=float)
+        sd = a.std(0, ddof=1) if len(a) > 1 else np.zeros_like(a[0])
+        return {"mean": a.mean(0).tolist(), "sd": sd.tolist()}
+
+    seeds = list(per_seed.values())
+    out: dict[str, Any] = {"k": seeds[0][MODELS[0]]["k"]}
+    for mid in MODELS:
+        rows = [s[mid] for s in seeds]
+        tasks_ = rows[0]["tasks"]
+        hvl: dict[str, Any] = {}
+        for t in tasks_:
+            h = [r["heads_vs_layers"][t] for r in rows]
+            hvl[t] = {key: ms([x[key] for x in h]) for key in ("split_heads", "split_layers")}
+            hvl[t] |= {f"cv_{key}": ms([x["cv"][key] for x in h]) for key in h[0]["cv"]}
+        out[mid] = {
+            "tasks": tasks_,
+            "accuracy": ms([r["accuracy"] for r in rows]),
+            "random_heads": ms([[r["baselines"][t]["random_heads"] for t in tasks_] for r in rows]),
+            "all_heads": ms([[r["baselines"][t]["all_heads"] for t in tasks_] for r in rows]),
+            "jaccard": ms([r["jaccard"] for r in rows]),
+            "spearman": ms([r["spearman"] for r in rows]),
+            "heads_vs_layers": hvl,
+        }
+    tasks_ = out[MODELS[0]]["tasks"]
+    out["trained_vs_random"] = {
+        t: {key: ms([s["trained_vs_random"][t][key] for s in seeds]) for key in ("jaccard", "spearman")} for t in tasks_
+    }
+    return out
+
+
+def pm(m: dict[str, Any], *index: int, fmt: str = ".3f") -> str:
+    """Format ``mean ± sd`` of one entry of a :func:`summarize` block."""
+    mean, sd = m["mean"], m["sd"]
+    for i in index:
+        mean, sd = mean[i], sd[i]
+    return f"{mean:{fmt}} ± {sd:{fmt}}"
+
+
+def markdown(summary: dict[str, Any], n_seeds: int) -> str:
+    """Render the tables of docs/results.md from the summary."""
+    lines = []
+    for mid in MODELS:
+        s = summary[mid]
+        tasks_ = s["tasks"]
+        for what, fmt in (("accuracy", ".3f"), ("jaccard", ".2f"), ("spearman", ".2f")):
+            lines += [f"\n{mid} {what} (mean ± sd over {n_seeds} seeds; rows: heads from, columns: used on)\n"]
+            lines += ["| heads from \\ used on | " + " | ".join(tasks_) + " |", "|---|" + "---:|" * len(tasks_)]
+            for i, a in enumerate(tasks_):
+                cells = [pm(s[what], i, j, fmt=fmt) for j in range(len(tasks_))]
+                lines.append(f"| {a} | " + " | ".join(cells) + " |")
+            if what == "accuracy":
+                for key, label in (("random_heads", f"{summary['k']} random heads"), ("all_heads", "all heads")):
+                    cells = [pm(s[key], j) for j in range(len(tasks_))]
+                    lines.append(f"| *{label}* | " + " | ".join(cells) + " |")
+        lines += [f"\n{mid} heads vs layers\n", "| task | heads (split) | layers (split) | heads (CV) | layers (CV) | "
+                  "heads, shuffled | layers, shuffled |", "|---|" + "---:|" * 6]  # fmt: skip
+        for t in tasks_:
+            h = s["heads_vs_layers"][t]
+            keys = ("split_heads", "split_layers", "cv_heads", "cv_layers", "cv_heads_shuffled", "cv_layers_shuffled")
+            lines.append(f"| {t} | " + " | ".join(pm(h[key]) for key in keys) + " |")
+    lines += ["\ntrained vs random, same task\n", "| task | Jaccard | Spearman |", "|---|---:|---:|"]
+    for t, v in summary["trained_vs_random"].items():
+        lines.append(f"| {t} | {pm(v['jaccard'], fmt='.2f')} | {pm(v['spearman'], fmt='.2f')} |")
+    return "\n".join(lines)
+
+
+def figure(results: dict[str, Any], folder: Path) -> None:
+    """Draw the seed-mean transfer matrix of each model (``savlens.plot.transfer_heatmap``) into ``folder``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from savlens import plot
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for mid in MODELS:
+        s = results["summary"][mid]
+        m = TransferMatrix(tuple(s["tasks"]), torch.tensor(s["accuracy"]["mean"]), {}, {}, results["k"])
+        fig = plot.transfer_heatmap(m, title=f"{mid}, k={results['k']}: mean of {len(results['seeds'])} seeds")
+        fig.set_size_inches(4.8, 3.9)
+        fig.savefig(folder / f"{mid}-transfer.png", dpi=72, bbox_inches="tight")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="split seeds (also tie-break seeds)")
+    p.add_argument("--k", type=int, default=20, help="heads per task")
+    p.add_argument("--threads", type=int, default=1, help="torch and BLAS / OpenMP threads")
+    p.add_argument("--out", type=Path, default=RESULTS / "tiny_vlm_transfer.json")
+    p.add_argument("--figures", type=Path, default=None, help="folder for the heatmaps (none by default)")
+    a = p.parse_args()
+    with limit_threads(a.threads):
+        run(a)
+
+
+def run(a: argparse.Namespace) -> None:
+    """Run every seed, write the JSON after each, print the tables."""
+    t_start, cpu_start = time.perf_counter(), time.process_time()
+    models = {mid: savlens.load(mid) for mid in MODELS}
+    results: dict[str, Any] = {
+        "k": a.k,
+        "seeds_run": [],
+        "shots_per_class": 20,
+        "store": str(CACHE),
+        "load_average_start": os.getloadavg(),
+        "seeds": {},
+    }
+    for seed in a.seeds:
+        results["seeds"][str(seed)] = run_seed(models, seed, a.k)
+        results["seeds_run"].append(seed)
+        results["summary"] = summarize(results["seeds"])
+        results["seconds_wall"] = round(time.perf_counter() - t_start, 1)
+        results["seconds_cpu"] = round(time.process_time() - cpu_start, 1)
+        results["load_average_end"] = os.getloadavg()
+        results["machine"] = machine()
+        write_json(a.out, results)
+    print(markdown(results["summary"], len(a.seeds)))
+    if a.figures is not None:
+        figure(results, a.figures)
+    print(f"wrote {a.out}; {results['seconds_wall']:.0f} s wall, {results['seconds_cpu']:.0f} s CPU")
+
+
+if __name__ == "__main__":
+    main()
