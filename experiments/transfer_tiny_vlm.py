@@ -10,15 +10,17 @@ yes/no, colour (8-way) and shape (3-way) questions, and Fashion-MNIST 4-way. For
 
 - ``savlens.transfer.transfer_matrix`` (k heads chosen on task A with leave-one-out centroid scores, class
   centroids refit on task B's shots, accuracy on B's test examples) and its ``overlap()`` (Jaccard of the top-k
-  head sets, Spearman correlation of the full 30 x 9 score tables);
-- two baselines for each column of the matrix: k heads drawn at random (``SAV.fit_heads``, mean of 10 draws)
-  and all 270 heads voting;
+  head sets, Spearman correlation of the full 30 x 9 score tables), with its two baseline rows
+  (``baselines=("random", "all")``): k heads drawn at random (mean of ``n_random=10`` seeded draws, centroids
+  from the column task's shots) and all 270 heads voting;
 - ``savlens.transfer.task_overlap`` of the same task on the trained and the random-projector model;
 - sparse heads vs sparse layers at the same feature budget (``savlens.compare.layer_budget``: round(k / 9)
-  layers of 9 x 64 dims against k heads of 64 dims): on the fixed split (``SAV`` vs
-  ``savlens.classifiers.SparseLayers``, fitted on the shots, scored on the test examples) and with
-  ``savlens.compare.compare_heads_layers`` (5 stratified folds over shots + test examples, with its
-  shuffled-label control of each arm).
+  layers of 9 x 64 dims against k heads of 64 dims) with ``savlens.compare.compare_heads_layers``: on the fixed
+  split (``test=``: fitted on the shots, scored on the test examples) and with 5 stratified folds over shots +
+  test examples, each with its shuffled-label control of both arms.
+
+Seeds are aggregated with ``TransferMatrix.mean`` (mean and sample sd) for the transfer matrix and its
+baselines, and with :func:`ms` (the same statistics) for the other numbers.
 
 Last-token ``blocks.*.attn.hook_z`` features are cached in one savlens feature store per model under
 ``~/.cache/savlens/experiments/tiny_vlm_transfer/<model id>`` (a rerun reads them back in seconds; new seeds add
@@ -27,7 +29,7 @@ only the examples not yet stored). Extraction dominates the run time: ~2 min per
 Writes experiments/results/tiny_vlm_transfer.json (per-seed matrices, head sets, the mean and sd over seeds,
 timings and the machine), rewritten after each seed; prints the Markdown tables of docs/results.md; with
 ``--figures DIR`` also writes DIR/tiny-vlm-transfer.png and DIR/tiny-vlm-random-transfer.png (the seed-mean
-transfer matrices).
+transfer matrices with their baseline rows, mean ± sd in each cell).
 """
 
 import argparse
@@ -41,15 +43,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _tiny_vlm_common import RESULTS, machine, write_json  # noqa: E402
 from sav_tiny_vlm import tasks  # noqa: E402  (the same seeded splits as the SAV table of docs/results.md)
 
 import savlens  # noqa: E402
-from savlens.classifiers import SparseLayers  # noqa: E402
-from savlens.compare import compare_heads_layers, layer_budget  # noqa: E402
+from savlens.compare import compare_heads_layers  # noqa: E402
 from savlens.threads import limit_threads  # noqa: E402
 from savlens.transfer import TaskSplit, TransferMatrix, task_overlap, transfer_matrix  # noqa: E402
 
@@ -71,39 +71,38 @@ def features(model: savlens.Model, seed: int) -> dict[str, TaskSplit]:
 
 
 def heads_vs_layers(splits: dict[str, TaskSplit], matrix: TransferMatrix, k: int, seed: int) -> dict[str, Any]:
-    """Sparse heads vs sparse layers per task: fixed split (SAV = the matrix diagonal) and 5-fold CV + control."""
+    """Sparse heads vs sparse layers per task: fixed split and 5-fold CV, each with its shuffled-label control."""
     out = {}
     for name, s in splits.items():
-        k_layers = layer_budget(k, s.train.n_layers, s.train.n_heads, "features")
-        layers = SparseLayers(k_layers, seed=seed).fit(s.train)
+        split = compare_heads_layers(s.train, test=s.test, k=k, seed=seed)
+        assert split.mean()["heads"] == matrix[name, name]  # the same SAV as the diagonal of the matrix
         cv = compare_heads_layers(savlens.HeadFeatures.concat([s.train, s.test]), k=k, seed=seed, n_folds=5)
+        fixed = split.mean()
         out[name] = {
-            "k_layers": k_layers,
+            "k_layers": split.k_layers,
             "n_features_heads": cv.n_features_heads,
             "n_features_layers": cv.n_features_layers,
-            "split_heads": matrix[name, name],
-            "split_layers": layers.score(s.test),
-            "split_layers_chosen": list(layers.layers_),
+            "split_heads": fixed["heads"],
+            "split_layers": fixed["layers"],
+            "split_heads_shuffled": fixed["heads_shuffled"],
+            "split_layers_shuffled": fixed["layers_shuffled"],
+            "split_layers_chosen": list(split.layers_chosen or ()),
             "cv": cv.mean(),
             "cv_chance": cv.chance,
         }
     return out
 
 
-def head_baselines(splits: dict[str, TaskSplit], k: int, seed: int, draws: int = 10) -> dict[str, Any]:
-    """Baselines for a transfer cell: ``k`` heads drawn at random (mean of ``draws``), and all heads voting."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for name, s in splits.items():
-        n_layers, n_heads = s.train.n_layers, s.train.n_heads
-        accs = []
-        for _ in range(draws):
-            flat = rng.choice(n_layers * n_heads, size=k, replace=False).tolist()
-            heads = savlens.HeadSet([(i // n_heads, i % n_heads) for i in flat])
-            accs.append(savlens.SAV(k).fit_heads(s.train, heads=heads).score(s.test))
-        every = savlens.SAV(n_layers * n_heads, seed=seed).fit(s.train).score(s.test)
-        out[name] = {"random_heads": float(np.mean(accs)), "random_heads_draws": accs, "all_heads": every}
-    return out
+def baselines(matrix: TransferMatrix) -> dict[str, Any]:
+    """The matrix's baseline rows, per column task: k random heads (mean and each draw) and all heads."""
+    return {
+        t: {
+            "random_heads": float(matrix.baselines["random"][j]),
+            "random_heads_draws": matrix.random_accuracy[t],
+            "all_heads": float(matrix.baselines["all"][j]),
+        }
+        for j, t in enumerate(matrix.tasks)
+    }
 
 
 def where(heads: list[str], n_layers: int) -> dict[str, Any]:
@@ -113,25 +112,26 @@ def where(heads: list[str], n_layers: int) -> dict[str, Any]:
     return {"median_layer": float(np.median(layer)), "per_third": thirds}
 
 
-def run_seed(models: dict[str, savlens.Model], seed: int, k: int) -> dict[str, Any]:
-    """Everything for one split seed and both models."""
+def run_seed(models: dict[str, savlens.Model], seed: int, k: int) -> tuple[dict[str, Any], dict[str, TransferMatrix]]:
+    """Everything for one split seed and both models; also each model's transfer matrix."""
     out: dict[str, Any] = {}
+    matrices = {}
     scores = {}
     for mid, model in models.items():
         t0 = time.perf_counter()
         splits = features(model, seed)
         t_extract = time.perf_counter() - t0
-        matrix = transfer_matrix(splits, k=k, seed=seed)
+        matrix = matrices[mid] = transfer_matrix(splits, k=k, seed=seed, baselines=("random", "all"), n_random=10)
         overlap = matrix.overlap()
         hvl = heads_vs_layers(splits, matrix, k, seed)
         scores |= {(mid, t): s for t, s in matrix.scores.items()}
         out[mid] = {
-            **matrix.to_dict(),
+            **{key: value for key, value in matrix.to_dict().items() if key not in ("n_random", "random_accuracy")},
             "jaccard": overlap.jaccard.tolist(),
             "spearman": overlap.spearman.tolist(),
             "where": {t: where(h.to_list(), model.n_layers) for t, h in matrix.heads.items()},
             "heads_vs_layers": hvl,
-            "baselines": head_baselines(splits, k, seed),
+            "baselines": baselines(matrix),  # in this file's layout (per column task), not to_dict()'s
             "n_train": {t: s.train.n_examples for t, s in splits.items()},
             "n_test": {t: s.test.n_examples for t, s in splits.items()},
             "seconds_features": round(t_extract, 1),
@@ -144,32 +144,38 @@ def run_seed(models: dict[str, savlens.Model], seed: int, k: int) -> dict[str, A
         o = task_overlap({"trained": scores[(MODELS[0], t)], "random": scores[(MODELS[1], t)]}, k=k, seed=seed)
         same[t] = {"jaccard": float(o.jaccard[0, 1]), "spearman": float(o.spearman[0, 1])}
     out["trained_vs_random"] = same
-    return out
+    return out, matrices
 
 
-def summarize(per_seed: dict[str, Any]) -> dict[str, Any]:
-    """Mean and sd (ddof=1; 0 with one seed) over seeds of every matrix and heads-vs-layers number."""
+def ms(values: list[Any]) -> dict[str, Any]:
+    """Mean and sample sd (ddof=1; 0 with one seed) over seeds: the statistics of ``TransferMatrix.mean``."""
+    a = np.asarray(values, dtype=float)
+    sd = a.std(0, ddof=1) if len(a) > 1 else np.zeros_like(a[0])
+    return {"mean": a.mean(0).tolist(), "sd": sd.tolist()}
 
-    def ms(values: list[Any]) -> dict[str, Any]:
-        a = np.asarray(values, dtype=float)
-        sd = a.std(0, ddof=1) if len(a) > 1 else np.zeros_like(a[0])
-        return {"mean": a.mean(0).tolist(), "sd": sd.tolist()}
 
+def summarize(per_seed: dict[str, Any], means: dict[str, TransferMatrix]) -> dict[str, Any]:
+    """Mean and sd over seeds of every matrix and heads-vs-layers number (``means``: each model's seed mean)."""
     seeds = list(per_seed.values())
     out: dict[str, Any] = {"k": seeds[0][MODELS[0]]["k"]}
     for mid in MODELS:
         rows = [s[mid] for s in seeds]
-        tasks_ = rows[0]["tasks"]
+        mean = means[mid]
+        tasks_ = list(mean.tasks)
+        assert mean.sd is not None
         hvl: dict[str, Any] = {}
         for t in tasks_:
             h = [r["heads_vs_layers"][t] for r in rows]
-            hvl[t] = {key: ms([x[key] for x in h]) for key in ("split_heads", "split_layers")}
+            keys = ("split_heads", "split_layers", "split_heads_shuffled", "split_layers_shuffled")
+            hvl[t] = {key: ms([x[key] for x in h]) for key in keys}
             hvl[t] |= {f"cv_{key}": ms([x["cv"][key] for x in h]) for key in h[0]["cv"]}
         out[mid] = {
             "tasks": tasks_,
-            "accuracy": ms([r["accuracy"] for r in rows]),
-            "random_heads": ms([[r["baselines"][t]["random_heads"] for t in tasks_] for r in rows]),
-            "all_heads": ms([[r["baselines"][t]["all_heads"] for t in tasks_] for r in rows]),
+            "accuracy": {"mean": mean.accuracy.tolist(), "sd": mean.sd.tolist()},
+            **{
+                f"{name}_heads": {"mean": mean.baselines[name].tolist(), "sd": mean.baselines_sd[name].tolist()}
+                for name in ("random", "all")
+            },
             "jaccard": ms([r["jaccard"] for r in rows]),
             "spearman": ms([r["spearman"] for r in rows]),
             "heads_vs_layers": hvl,
@@ -217,7 +223,7 @@ def markdown(summary: dict[str, Any], n_seeds: int) -> str:
     return "\n".join(lines)
 
 
-def figure(results: dict[str, Any], folder: Path) -> None:
+def figure(means: dict[str, TransferMatrix], n_seeds: int, folder: Path) -> None:
     """Draw the seed-mean transfer matrix of each model (``savlens.plot.transfer_heatmap``) into ``folder``."""
     import matplotlib
 
@@ -225,11 +231,9 @@ def figure(results: dict[str, Any], folder: Path) -> None:
     from savlens import plot
 
     folder.mkdir(parents=True, exist_ok=True)
-    for mid in MODELS:
-        s = results["summary"][mid]
-        m = TransferMatrix(tuple(s["tasks"]), torch.tensor(s["accuracy"]["mean"]), {}, {}, results["k"])
-        fig = plot.transfer_heatmap(m, title=f"{mid}, k={results['k']}: mean of {len(results['seeds'])} seeds")
-        fig.set_size_inches(4.8, 3.9)
+    for mid, mean in means.items():
+        fig = plot.transfer_heatmap(mean, title=f"{mid}, k={mean.k}: mean ± sd of {n_seeds} seeds")
+        fig.set_size_inches(5.6, 4.6)
         fig.savefig(folder / f"{mid}-transfer.png", dpi=72, bbox_inches="tight")
 
 
@@ -257,10 +261,14 @@ def run(a: argparse.Namespace) -> None:
         "load_average_start": os.getloadavg(),
         "seeds": {},
     }
+    matrices: dict[str, list[TransferMatrix]] = {mid: [] for mid in MODELS}
     for seed in a.seeds:
-        results["seeds"][str(seed)] = run_seed(models, seed, a.k)
+        results["seeds"][str(seed)], per_model = run_seed(models, seed, a.k)
+        for mid in MODELS:
+            matrices[mid].append(per_model[mid])
+        means = {mid: TransferMatrix.mean(matrices[mid]) for mid in MODELS}
         results["seeds_run"].append(seed)
-        results["summary"] = summarize(results["seeds"])
+        results["summary"] = summarize(results["seeds"], means)
         results["seconds_wall"] = round(time.perf_counter() - t_start, 1)
         results["seconds_cpu"] = round(time.process_time() - cpu_start, 1)
         results["load_average_end"] = os.getloadavg()
@@ -268,7 +276,7 @@ def run(a: argparse.Namespace) -> None:
         write_json(a.out, results)
     print(markdown(results["summary"], len(a.seeds)))
     if a.figures is not None:
-        figure(results, a.figures)
+        figure(means, len(a.seeds), a.figures)
     print(f"wrote {a.out}; {results['seconds_wall']:.0f} s wall, {results['seconds_cpu']:.0f} s CPU")
 
 

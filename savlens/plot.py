@@ -484,22 +484,49 @@ def _matrix(
 def transfer_heatmap(matrix: "TransferMatrix", *, title: str | None = None) -> "Figure":
     """Draw a :class:`~savlens.transfer.TransferMatrix`: rows where heads were chosen, columns where used.
 
-    The image holds ``matrix.accuracy``; each cell is annotated with its value.
+    The image holds ``matrix.accuracy`` and, below a white rule, one row per baseline in
+    ``matrix.baselines`` (``"20 random heads"``, ``"all heads"``; tick labels in italics). Each cell is
+    annotated with its value, or with ``mean ± sd`` when the matrix is a :meth:`TransferMatrix.mean`.
+
+    Example:
+        >>> from savlens.transfer import TransferMatrix
+        >>> a = TransferMatrix(("x", "y"), torch.eye(2, dtype=torch.float64), {}, {}, 2)
+        >>> a.baselines["all"] = torch.tensor([0.5, 0.25], dtype=torch.float64)
+        >>> fig = transfer_heatmap(TransferMatrix.mean([a, a]))
+        >>> fig.axes[0].images[0].get_array().tolist()[2], fig.axes[0].texts[-1].get_text()
+        ([0.5, 0.25], '0.25 ± 0.00')
     """
     tasks = list(matrix.tasks)
-    return _matrix(
-        matrix.accuracy.numpy(),
-        tasks,
+    names = list(matrix.baselines)
+    values = np.concatenate([matrix.accuracy.numpy(), *(matrix.baselines[n].numpy()[None] for n in names)])
+    rows = tasks + [matrix.baseline_label(n) for n in names]
+    default = f"cross-task head transfer (k={matrix.k})"
+    if matrix.sd is not None:
+        default = f"cross-task head transfer (k={matrix.k}; mean ± sd over {matrix.n_matrices} matrices)"
+    fig = _matrix(
+        values,
+        rows,
         tasks,
         xlabel="used on (centroids + test)",
         ylabel="heads chosen on",
-        title=title or f"cross-task head transfer (k={matrix.k})",
+        title=title or default,
         cbar="accuracy",
         fmt=".2f",
         vmin=0.0,
         vmax=1.0,
         cmap="magma",
     )
+    ax = fig.axes[0]
+    if names:
+        ax.axhline(len(tasks) - 0.5, color="white", linewidth=4, gid="transfer-baselines")
+        for label in ax.get_yticklabels()[len(tasks) :]:
+            label.set_fontstyle("italic")
+    if matrix.sd is not None:
+        sd = np.concatenate([matrix.sd.numpy(), *(matrix.baselines_sd[n].numpy()[None] for n in names)])
+        for text, v, e in zip(ax.texts, values.reshape(-1), sd.reshape(-1)):
+            text.set_text(f"{v:.2f} ± {e:.2f}")
+            text.set_fontsize(7)
+    return fig
 
 
 def confusion_heatmap(

@@ -164,7 +164,37 @@ def test_transfer_heatmap_draws_the_matrix(tmp_path: Path) -> None:
     np.testing.assert_array_equal(np.asarray(ax.images[0].get_array()), matrix.accuracy.numpy())
     assert [t.get_text() for t in ax.get_xticklabels()] == ["ab", "bc", "abc"]
     assert [t.get_text() for t in ax.texts] == [f"{v:.2f}" for v in matrix.accuracy.reshape(-1).tolist()]
+    assert not ax.lines  # no baseline rows, no rule
     _save(fig, tmp_path, "transfer.png")
+    # baseline rows below the task rows, after a rule
+    matrices = [transfer_matrix(tasks, k=2, seed=s, baselines=("random", "all"), n_random=3) for s in (0, 1, 2)]
+    m = matrices[0]
+    ax = plot.transfer_heatmap(m).axes[0]
+    drawn = np.asarray(ax.images[0].get_array())
+    np.testing.assert_array_equal(drawn[:3], m.accuracy.numpy())
+    np.testing.assert_array_equal(drawn[3], m.baselines["random"].numpy())
+    np.testing.assert_array_equal(drawn[4], m.baselines["all"].numpy())
+    assert drawn[3].tolist() != drawn[4].tolist()
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels == ["ab", "bc", "abc", "2 random heads", "all heads"]
+    assert [t.get_fontstyle() for t in ax.get_yticklabels()] == ["normal"] * 3 + ["italic"] * 2
+    (rule,) = ax.lines
+    assert rule.get_gid() == "transfer-baselines" and list(rule.get_ydata()) == [2.5, 2.5]
+    # a mean over seeds: mean +- sd in every cell, baselines included
+    mean = savlens.transfer.TransferMatrix.mean(matrices)
+    fig = plot.transfer_heatmap(mean)
+    ax = fig.axes[0]
+    assert mean.sd is not None
+    values = np.concatenate(
+        [mean.accuracy.numpy(), mean.baselines["random"].numpy()[None], mean.baselines["all"].numpy()[None]]
+    )
+    sds = np.concatenate(
+        [mean.sd.numpy(), mean.baselines_sd["random"].numpy()[None], mean.baselines_sd["all"].numpy()[None]]
+    )
+    np.testing.assert_array_equal(np.asarray(ax.images[0].get_array()), values)
+    assert [t.get_text() for t in ax.texts] == [f"{v:.2f} ± {e:.2f}" for v, e in zip(values.ravel(), sds.ravel())]
+    assert sds.max() > 0 and "mean ± sd over 3 matrices" in ax.get_title()
+    _save(fig, tmp_path, "transfer-mean.png")
 
 
 def test_confusion_heatmap_counts() -> None:
