@@ -591,7 +591,7 @@ def write_figures(
         pick = [i for i, lab in enumerate(train.labels or []) if lab in (a, b)]
         pick_test = [i for i, lab in enumerate(truth) if lab in (a, b)]
         splits[f"{a}/{b}"] = TaskSplit(train.subset(pick), test.subset(pick_test))
-    matrix = transfer_matrix(splits, k=k, seed=seed)
+    matrix = transfer_matrix(splits, k=k, seed=seed, baselines=("random", "all"))
     save(
         plot.head_overlay(
             matrix.heads, n_layers=train.n_layers, n_heads=train.n_heads, title=f"top-{k} heads of each task"

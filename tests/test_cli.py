@@ -176,6 +176,10 @@ def test_fit_from_examples_and_transfer(toy: Path, capsys: pytest.CaptureFixture
     assert acc.shape == (2, 2) and bool(((acc >= 0) & (acc <= 1)).all())
     assert acc[0, 0] == acc[1, 1]  # the same examples and features, extracted twice
     assert (tmp_path / "t.png").is_file() and (tmp_path / "o.png").is_file()
+    assert set(payload["baselines"]) == {"random", "all"} and payload["n_random"] == 10
+    assert all(len(v) == 10 for v in payload["random_accuracy"].values())  # one accuracy per draw and column
+    means = [sum(v) / 10 for v in payload["random_accuracy"].values()]
+    assert payload["baselines"]["random"] == pytest.approx(means)
 
 
 def test_bad_arguments_and_files_exit_2_with_a_message(

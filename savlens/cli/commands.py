@@ -377,7 +377,8 @@ def cmd_transfer(args: argparse.Namespace) -> int:
             model = require_model(args, path)
         feats = read_features(args, path, model=model)
         splits[name] = TaskSplit(*split_features(feats, args.shots, args.test, args.seed))
-    matrix = transfer_matrix(splits, k=args.k, seed=args.seed)
+    baselines = () if args.no_baselines else ("random", "all")
+    matrix = transfer_matrix(splits, k=args.k, seed=args.seed, baselines=baselines)
     overlap = matrix.overlap()
     payload = {
         **matrix.to_dict(),

@@ -263,7 +263,9 @@ def _transfer(add: _Add) -> None:
         "task x task head-transfer matrix",
         "For each task: split into --shots per class (train) and the rest (test), select heads on train. "
         "Cell (a, b): task a's heads with task b's training centroids, scored on task b's test set. Also prints "
-        "the Jaccard overlap of the tasks' heads and the Spearman correlation of their head scores.",
+        "the Jaccard overlap of the tasks' heads and the Spearman correlation of their head scores. Two baseline "
+        "rows show what any heads would do on each column's task: k random heads (mean of 10 seeded draws) and all "
+        "heads voting.",
     )
     p.add_argument(
         "--task",
@@ -277,6 +279,7 @@ def _transfer(add: _Add) -> None:
     p.add_argument("--test", type=int, default=None, help="test examples per class (default: all the rest)")
     p.add_argument("--k", type=int, default=20, help="heads per task")
     p.add_argument("--seed", type=int, default=0, help="split and tie-break seed")
+    p.add_argument("--no-baselines", action="store_true", help="skip the random-heads and all-heads rows")
     p.add_argument("--plot", default=None, help="write the transfer matrix to this PNG")
     p.add_argument("--overlay", default=None, help="write the tasks' head locations, overlaid, to this PNG")
     _data_options(p)
