@@ -1,0 +1,177 @@
+"""The demo's figures and the accuracy sweeps (over shots and over k) they draw."""
+
+from collections.abc import Callable, Hashable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from savlens.cache import HeadFeatures
+from savlens.demo.tasks import DemoTask
+from savlens.errors import SavlensError
+from savlens.inputs import Batch
+from savlens.loading import Model
+from savlens.sav import SAV
+from savlens.tracing import trace
+
+# ---- the accuracy sweeps --------------------------------------------------------------------------------
+
+SHOTS_SWEEP = (1, 2, 5, 10, 20)
+K_SWEEP = (1, 2, 5, 10, 20, 50, 100)
+SWEEP_SEEDS = 5
+
+
+def accuracy_by_k(train: HeadFeatures, test: HeadFeatures, ks: Sequence[int], *, seed: int = 0) -> list[float]:
+    """Return the test accuracy of an SAV fitted on ``train`` for each number of heads ``k``."""
+    return [SAV(k=k, seed=seed).fit(train).score(test) for k in ks]
+
+
+def accuracy_by_shots(
+    train: HeadFeatures, test: HeadFeatures, shots: Sequence[int], *, k: int = 20, seeds: int = SWEEP_SEEDS
+) -> list[list[float]]:
+    """Return, per number of shots, the test accuracies of SAVs fitted on seeded per-class subsets of ``train``.
+
+    ``k`` is capped at the number of heads; with all of ``train``'s shots one subset is drawn (it is the
+    training set), otherwise ``seeds`` subsets. With one shot per class every leave-one-out head score is 0 (a
+    lone example has no centroid of its own class), so the heads are the seeded tie-break's: that point is a
+    random-heads baseline.
+    """
+    labels = list(train.labels or [])
+    by_class: dict[Hashable, list[int]] = {}
+    for i, lab in enumerate(labels):
+        by_class.setdefault(lab, []).append(i)
+    most = min(len(v) for v in by_class.values())
+    k = min(k, train.n_layers * train.n_heads)
+    out = []
+    for n in shots:
+        runs = []
+        for s in range(1 if n >= most else seeds):
+            rng = np.random.default_rng(s)
+            idx = sorted(i for v in by_class.values() for i in rng.permutation(v)[: min(n, most)].tolist())
+            runs.append(SAV(k=k, seed=s).fit(train.subset(idx)).score(test))
+        out.append(runs)
+    return out
+
+
+def pair_tasks(classes: Sequence[Hashable], n_pairs: int = 3) -> list[tuple[Hashable, Hashable]]:
+    """Return up to ``n_pairs`` disjoint-ish class pairs for the head-overlay and transfer figures.
+
+    >>> pair_tasks(["a", "b", "c", "d", "e"])
+    [('a', 'b'), ('c', 'd'), ('e', 'a')]
+    """
+    cs = list(classes)
+    return [(cs[(2 * i) % len(cs)], cs[(2 * i + 1) % len(cs)]) for i in range(min(n_pairs, len(cs) // 2 + 1))]
+
+
+# ---- the figures ----------------------------------------------------------------------------------------
+
+
+def write_figures(
+    out: Path,
+    task: DemoTask,
+    train: HeadFeatures,
+    test: HeadFeatures,
+    sav: SAV,
+    votes: Any,
+    rows: list[dict[str, Any]],
+    *,
+    seed: int,
+    k: int,
+    model: Model | None = None,
+    extra: dict[str, Any] | None = None,
+) -> list[str]:
+    """Write the demo's figures into ``out``; return their paths.
+
+    With a vision-language ``model``, also where the selected heads look (``attention_shares.png``; their mean
+    shares go into ``extra["attention_shares"]``) and the attention over the image of the head that looks at it
+    most (``attention.png``); eager attention for those passes only.
+    """
+    from savlens import plot
+    from savlens.transfer import TaskSplit, transfer_matrix
+
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[str] = []
+
+    def save(fig: Any, name: str) -> None:
+        path = out / name
+        fig.savefig(path, dpi=130)
+        written.append(str(path))
+
+    scores = sav.scores_
+    assert scores is not None
+    truth = list(test.labels or [])
+    save(
+        plot.score_heatmap(scores, heads=sav.heads_, title=f"{task.name}: LOO centroid accuracy per head"), "heads.png"
+    )
+    ranking = scores.ranking(seed=seed)
+    best, median = ranking[0], ranking[len(ranking) // 2]
+    both = HeadFeatures.concat([train, test])
+    save(plot.head_tsne(both, [best, median], scores=scores, seed=seed), "tsne.png")
+    save(plot.vote_histograms(votes, truth, title=f"{task.name}: votes of the {k} heads on the test set"), "votes.png")
+    save(plot.confusion_heatmap(truth, sav.predict(test), task.classes), "confusion.png")
+    short = {
+        "zero-shot: the model's greedy answer": "zero-shot (greedy)",
+        "zero-shot: answer restricted to the labels": "zero-shot (restricted to labels)",
+    }
+    baselines = {short[r["method"]]: r["accuracy"] for r in rows if r["method"] in short and r["accuracy"] is not None}
+    chance = rows[-1]["accuracy"]
+    shots_axis = [s for s in SHOTS_SWEEP if s < len(task.train) // len(task.classes)] + [
+        len(task.train) // len(task.classes)
+    ]
+    by_shots = accuracy_by_shots(train, test, shots_axis, k=k)
+    save(
+        plot.accuracy_vs_shots(shots_axis, {f"SAV (k={k})": by_shots}, chance=chance, baselines=baselines),
+        "accuracy_vs_shots.png",
+    )
+    n_units = train.n_layers * train.n_heads
+    ks = [v for v in K_SWEEP if v < n_units] + [n_units]
+    save(
+        plot.accuracy_vs_k(ks, {"SAV": accuracy_by_k(train, test, ks, seed=seed)}, chance=chance, baselines=baselines),
+        "accuracy_vs_k.png",
+    )
+    # tasks built from the same features: the full task and class pairs; where their heads sit, and transfer
+    splits: dict[str, TaskSplit] = {"all": TaskSplit(train, test)}
+    for a, b in pair_tasks(task.classes):
+        pick = [i for i, lab in enumerate(train.labels or []) if lab in (a, b)]
+        pick_test = [i for i, lab in enumerate(truth) if lab in (a, b)]
+        splits[f"{a}/{b}"] = TaskSplit(train.subset(pick), test.subset(pick_test))
+    matrix = transfer_matrix(splits, k=k, seed=seed, baselines=("random", "all"))
+    save(
+        plot.head_overlay(
+            matrix.heads, n_layers=train.n_layers, n_heads=train.n_heads, title=f"top-{k} heads of each task"
+        ),
+        "head_overlay.png",
+    )
+    save(plot.transfer_heatmap(matrix), "transfer.png")
+    if model is not None and model.multimodal and task.test and task.test[0].n_images:
+        _attention_figures(model, task, sav, save, extra if extra is not None else {})
+    return written
+
+
+def _attention_figures(
+    model: Model, task: DemoTask, sav: SAV, save: Callable[[Any, str], None], extra: dict[str, Any]
+) -> None:
+    """Where the selected heads look from the last token (image / text / template shares over up to 16 test
+    examples: ``attention_shares.png``), and the attention over the image grid of the first test example of
+    the selected head that looks at the image most (``attention.png``). Eager attention for these passes only."""
+    import warnings
+
+    from savlens import plot
+    from savlens.causal import attention_shares, eager_attention
+
+    examples = [e for e in task.test if e.n_images][:16]
+    try:
+        shares = attention_shares(model, examples, sav.heads_, prompt_template=task.prompt_template)
+        save(plot.attention_share_bars(shares, title=f"{task.name}: where the {len(sav.heads_)} SAV heads look"),
+             "attention_shares.png")  # fmt: skip
+        extra["attention_shares"] = {"n_examples": len(examples), "mean": shares.mean()}
+        looks = shares.image.mean(0)
+        head = sav.heads_[int(looks.argmax())]
+        example = examples[0]
+        batch = Batch.from_examples(model, [example], prompt_template=task.prompt_template)
+        with eager_attention(model), trace(model, batch, logits=None, stop_at_layer=head.layer) as t:
+            pattern = t.save(f"blocks.{head.layer}.attn.hook_pattern", "last", device="cpu")
+        fig = plot.attention_on_image(pattern.value, batch, head.head, layer=head.layer, image=example.load_images()[0])
+        save(fig, "attention.png")
+    except SavlensError as e:  # no eager attention, or image tokens that are not one square grid: no figure
+        warnings.warn(f"savlens demo: no attention figure ({e.detail})", stacklevel=2)
