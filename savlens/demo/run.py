@@ -3,6 +3,7 @@ other classifiers on the same features, a control model, image-only features and
 
 import json
 import math
+import sys
 import time
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
@@ -248,6 +249,11 @@ def run_demo(
     tokens = answer_tokens(model.tokenizer, task.classes)
 
     def features(m: Model, examples: list[Example], template: str | None, answers: bool) -> HeadFeatures:
+        if progress:
+            split = "test" if examples is task.test else "train"
+            prompt = next((w for w, t in task.other_prompts.items() if t == template), "")
+            where = f"{m.model_id}, {split}" + (f", {prompt}" if prompt else "")
+            print(f"savlens demo: head features ({where})", file=sys.stderr, flush=True)
         return head_features(
             m, examples, prompt_template=template, tokens=tokens if answers else None, batch_size=batch_size,
             progress=progress,
