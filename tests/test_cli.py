@@ -402,6 +402,19 @@ def test_demo_default_is_the_tiny_vlm_with_its_controls(capsys: pytest.CaptureFi
     assert run(capsys, "demo", "--task", "easy-vqa-color", "--model", TINY, "--quiet")[0] == 2  # text model
 
 
+def test_demo_on_a_vlm_whose_tower_tiles_images_says_why_it_has_no_image_only_row(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    pytest.importorskip("easy_vqa")
+    payload = run_json(
+        capsys, "demo", "--model", "tiny:qwen2_vl", "--shots", "2", "--test", "1", "--k", "3", "--no-figures"
+    )
+    rows = {r["method"]: r for r in payload["rows"]}
+    row = rows["image only: class centroids of the vision tower's pooled output (no LM)"]
+    assert row["accuracy"] is None and row["note"] == "the vision tower gives no per-image output"
+    assert not any(m.startswith("control:") for m in rows)  # no control model is known for a tiny random model
+
+
 def test_entry_points(capsys: pytest.CaptureFixture[str]) -> None:
     """`python -m savlens.demo` is `savlens demo` (`--check`: `savlens check`); the installed script exits 2."""
     from savlens import demo

@@ -16,7 +16,7 @@ from torch import Tensor
 from savlens.cache import HeadFeatures
 from savlens.demo.figures import write_figures
 from savlens.demo.tasks import DemoTask
-from savlens.errors import ArgumentError, SavlensError
+from savlens.errors import ArgumentError, InputError, SavlensError
 from savlens.example import Example
 from savlens.inputs import Batch
 from savlens.loading import Model
@@ -62,8 +62,6 @@ def image_features(model: Model, examples: Sequence[Example], *, batch_size: int
         InputError: an example without exactly one image, or a tower whose output does not hold one entry
             per image (tiles or flattened patches, as in LLaVA-OneVision or Qwen2-VL).
     """
-    from savlens.errors import InputError
-
     if not model.multimodal:
         raise InputError(f"image_features(): {model.model_id!r} is text-only; it has no vision tower.")
     bad = [i for i, e in enumerate(examples) if e.n_images != 1]
@@ -303,12 +301,15 @@ def run_demo(
             _row(f"control: SAV on {control.model_id}{note}", SAV(k=k, seed=seed).fit(c_train).score(c_test), n)
         )
     if model.multimodal and all(e.n_images == 1 for e in [*task.train, *task.test]):
-        pooled = {
-            name: HeadFeatures(image_features(model, exs)[:, None, None, :], labels=[e.label for e in exs])
-            for name, exs in (("train", task.train), ("test", task.test))
-        }
-        acc = SAV(k=1, seed=seed).fit(pooled["train"]).score(pooled["test"])
-        rows.append(_row("image only: class centroids of the vision tower's pooled output (no LM)", acc, n))
+        name = "image only: class centroids of the vision tower's pooled output (no LM)"
+        try:
+            pooled = {
+                split: HeadFeatures(image_features(model, exs)[:, None, None, :], labels=[e.label for e in exs])
+                for split, exs in (("train", task.train), ("test", task.test))
+            }
+            rows.append(_row(name, SAV(k=1, seed=seed).fit(pooled["train"]).score(pooled["test"]), n))
+        except InputError:  # tiles or flattened patches (LLaVA-OneVision, Qwen2-VL): no per-image vector
+            rows.append(_row(name, None, n, "the vision tower gives no per-image output"))
     t_controls = time.perf_counter() - t2
     counts = {c: truth.count(c) for c in task.classes}
     rows.append(_row("chance (majority class)", max(counts.values()) / max(1, n), n))
