@@ -9,6 +9,12 @@ without the model: chance, the majority answer of each answer type, and the ques
 frequent train answer of each exact question text). A check that the cached-feature path used here gives the
 same answers as the full savlens path (Batch.from_examples from the PNG files, then TinyVLM.generate) runs on
 the first 64 questions. Writes experiments/results/tiny_vlm_eval.json.
+
+    python experiments/eval_tiny_vlm.py --projector experiments/results/tiny_vlm_projector_balanced.safetensors \
+        --tasks yes_no --n 300 --skip random_projector mean_image --check 0 --out /tmp/bal.json   # another projector
+
+For yes/no it also reports the accuracy on the questions whose answer is not the question-text prior's
+("against the prior"): a model that answers from the text alone gets 0 there, one that reads the image ~1.
 """
 
 import argparse
@@ -38,6 +44,12 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch and BLAS / OpenMP threads")
     p.add_argument("--check", type=int, default=64, help="questions for the full-pipeline agreement check")
+    p.add_argument("--projector", default="trained", help="'trained' (committed weights) or a safetensors path")
+    p.add_argument("--tasks", nargs="+", choices=list(EASY_VQA_TASKS), help="keep only these answer types")
+    p.add_argument(
+        "--skip", nargs="*", default=[], choices=["shuffled_images", "mean_image", "random_projector"],
+        help="model conditions to leave out",
+    )  # fmt: skip
     p.add_argument("--out", type=Path, default=RESULTS / "tiny_vlm_eval.json")
     a = p.parse_args()
     with limit_threads(a.threads):
@@ -46,17 +58,20 @@ def main() -> None:
 
 def run(a: argparse.Namespace) -> None:
     """Evaluate every condition and baseline; write the results to ``a.out``."""
-    model, proc = load_tiny_vlm("trained")
-    rand, _ = load_tiny_vlm("random", seed=0)
+    model, proc = load_tiny_vlm(a.projector)
+    rand = None if "random_projector" in a.skip else load_tiny_vlm("random", seed=0)[0]
     train_items, _ = T.load_vqa_items("train")
     test_items, _ = T.load_vqa_items("test")
     f_train = T.cached_image_features(model, proc, "train")
     f_test = T.cached_image_features(model, proc, "test")
     g = torch.Generator().manual_seed(a.seed)
+    if a.tasks:
+        test_items = [it for it in test_items if it.task in a.tasks]
     sample = [test_items[i] for i in torch.randperm(len(test_items), generator=g)[: a.n].tolist()]
     img = torch.tensor([it.image for it in sample])
     shuffled = img[torch.randperm(len(img), generator=g)]
     results: dict = {"n": len(sample), "by_task_n": {t: sum(it.task == t for it in sample) for t in EASY_VQA_TASKS}}
+    results["projector"] = str(a.projector)
 
     # baselines without the model
     q_prior, task_major = T.answer_prior(train_items)
@@ -78,8 +93,14 @@ def run(a: argparse.Namespace) -> None:
             "trained": model.multi_modal_projector(f_test[img]),
             "trained_shuffled_images": model.multi_modal_projector(f_test[shuffled]),
             "trained_mean_image": model.multi_modal_projector(mean_grid),
-            "random_projector": rand.multi_modal_projector(f_test[img]),
         }
+        if rand is not None:
+            conditions["random_projector"] = rand.multi_modal_projector(f_test[img])
+        for skip in a.skip:
+            conditions.pop(f"trained_{skip}", None)
+    # yes/no questions whose answer differs from the question-text prior's: answering them needs the image
+    against = [it.task == "yes_no" and it.answer != q_prior.get(it.question, task_major["yes_no"]) for it in sample]
+    results["yes_no_against_prior_n"] = sum(against)
     results["conditions"] = {}
     preds_by: dict[str, list[str]] = {}
     for name, emb in conditions.items():
@@ -88,15 +109,25 @@ def run(a: argparse.Namespace) -> None:
         preds_by[name] = preds
         seconds = round(time.perf_counter() - t0, 1)
         results["conditions"][name] = {**T.accuracy_by_task(sample, preds), "seconds": seconds}
+        if sum(against):
+            right = sum(p == it.answer for it, p, x in zip(sample, preds, against) if x)
+            results["conditions"][name]["yes_no_against_prior"] = right / sum(against)
         print(name, results["conditions"][name], flush=True)
-    results["random_projector_answers"] = sorted(set(preds_by["random_projector"]))[:10]
+    if "random_projector" in preds_by:
+        results["random_projector_answers"] = sorted(set(preds_by["random_projector"]))[:10]
 
     # the same answers through the public path: savlens.load, Batch.from_examples (PNG -> processor), generate
-    sm = savlens.load("tiny-vlm")
+    if not a.check:
+        sm = None
+    elif a.projector == "trained":
+        sm = savlens.load("tiny-vlm")
+    else:
+        sm = savlens.wrap(*load_tiny_vlm(a.projector), model_id=f"tiny-vlm:{Path(a.projector).stem}")
     exs = {e.id: e for e in load_easy_vqa("test")}
     chk = sample[: a.check]
     agree, t0 = 0, time.perf_counter()
     for i in range(0, len(chk), 16):
+        assert sm is not None
         part = chk[i : i + 16]
         batch = savlens.Batch.from_examples(sm, [exs[f"easy-vqa/test/{it.index}"] for it in part])
         new = sm.hf.generate(**batch.inputs, max_new_tokens=4)
@@ -105,7 +136,7 @@ def run(a: argparse.Namespace) -> None:
             agree += T.normalize_answer(sm.tokenizer.decode(row)) == pred
     results["pipeline_agreement"] = {"n": len(chk), "agree": agree, "seconds": round(time.perf_counter() - t0, 1)}
     print("pipeline agreement", agree, "/", len(chk))
-    results["projector_sha256"] = read_projector(PROJECTOR_FILE)[1]
+    results["projector_sha256"] = read_projector(PROJECTOR_FILE if a.projector == "trained" else a.projector)[1]
     results["machine"] = machine()
     write_json(a.out, results)
     print("wrote", a.out)

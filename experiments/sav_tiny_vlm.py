@@ -13,6 +13,12 @@ random-projector model; zero-shot generative answers of the trained model on the
 as "pants", "sweater", "tee" included); a few-shot nearest-class-centroid (cosine) on the pooled
 EfficientNet features alone (the analogue of the paper's SigLIP comparison).
 Writes experiments/results/tiny_vlm_sav.json.
+
+    python experiments/sav_tiny_vlm.py --projector experiments/results/tiny_vlm_projector_balanced.safetensors \
+        --tasks easy-vqa/yes_no --out experiments/results/tiny_vlm_balanced_sav.json     # another projector
+
+On yes/no it also scores the held-out questions whose answer is not the question-text prior's (the most
+frequent easy-VQA train answer of the exact question): answering them needs the image.
 """
 
 import argparse
@@ -36,7 +42,7 @@ from savlens import SAV  # noqa: E402
 from savlens.datasets import FASHION_MNIST_CLASSES, few_shot_split, load_easy_vqa, load_fashion_mnist  # noqa: E402
 from savlens.threads import limit_threads  # noqa: E402
 from savlens.zoo.tiny_vlm import load_tiny_vlm  # noqa: E402
-from savlens.zoo.train_projector import normalize_answer  # noqa: E402
+from savlens.zoo.train_projector import answer_prior, load_vqa_items, normalize_answer  # noqa: E402
 
 FASHION_4 = FASHION_MNIST_CLASSES[:4]
 FASHION_QUESTION = "Is this a T-shirt, a trouser, a pullover or a dress? Answer with one word."
@@ -96,6 +102,9 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--k", type=int, default=20)
     p.add_argument("--threads", type=int, default=1, help="torch and BLAS / OpenMP threads")
+    p.add_argument("--projector", default="trained", help="'trained' (committed weights) or a safetensors path")
+    p.add_argument("--model-id", default=None, help="model id of --projector (default: tiny-vlm-<file stem>)")
+    p.add_argument("--tasks", nargs="+", help="keep only these tasks (e.g. easy-vqa/yes_no)")
     p.add_argument("--out", type=Path, default=RESULTS / "tiny_vlm_sav.json")
     a = p.parse_args()
     with limit_threads(a.threads):
@@ -104,11 +113,19 @@ def main() -> None:
 
 def run(a: argparse.Namespace) -> None:
     """Fit and score every method on every task; write the results to ``a.out``."""
-    trained = savlens.load("tiny-vlm")
+    if a.projector == "trained":
+        trained = savlens.load("tiny-vlm")
+    else:
+        model_id = a.model_id or f"tiny-vlm-{Path(a.projector).stem}"
+        trained = savlens.wrap(*load_tiny_vlm(a.projector), model_id=model_id)
     hf, proc = load_tiny_vlm("random", seed=0)
     random_model = savlens.wrap(hf, proc, model_id="tiny-vlm-random")
-    results: dict = {"k": a.k, "seed": a.seed, "shots_per_class": 20, "tasks": {}}
+    results: dict = {"k": a.k, "seed": a.seed, "shots_per_class": 20, "projector": str(a.projector), "tasks": {}}
+    q_prior = answer_prior(load_vqa_items("train")[0])[0]
     for name, (train, test) in tasks(a.seed).items():
+        if a.tasks and name not in a.tasks:
+            continue
+        against = [str(e.label) != q_prior.get(str(e.text)) for e in test] if name.endswith("yes_no") else []
         classes = sorted({str(e.label) for e in train})
         row: dict = {"classes": classes, "n_train": len(train), "n_test": len(test), "chance": 1 / len(classes)}
         for label, model in (("sav_trained", trained), ("sav_random_projector", random_model)):
@@ -117,6 +134,10 @@ def run(a: argparse.Namespace) -> None:
             f_test = savlens.extract(model, test, batch_size=16, progress=False)
             sav = SAV(k=a.k, seed=a.seed).fit(f_train)
             row[label] = sav.score(f_test)
+            if any(against):
+                pred = sav.predict(f_test)
+                hit = [str(p) == str(e.label) for p, e, x in zip(pred, test, against) if x]
+                row[f"{label}_against_prior"] = sum(hit) / len(hit)
             row[f"{label}_heads"] = [str(h) for h in sav.heads_][:10]
             row[f"{label}_seconds"] = round(time.perf_counter() - t0, 1)
         t0 = time.perf_counter()
@@ -125,6 +146,10 @@ def run(a: argparse.Namespace) -> None:
             zs_exs = [savlens.Example(FASHION_QUESTION, images=e.images, label=e.label, id=e.id) for e in test]
         answers = generate(trained, zs_exs)
         row["zero_shot_trained"] = zero_shot_accuracy(name, answers, test)
+        if any(against):
+            row["n_test_against_prior"] = sum(against)
+            hit = [ans == str(e.label) for ans, e, x in zip(answers, test, against) if x]
+            row["zero_shot_trained_against_prior"] = sum(hit) / len(hit)
         row["zero_shot_answers"] = Counter(answers).most_common(12)
         row["zero_shot_seconds"] = round(time.perf_counter() - t0, 1)
         row["centroid_efficientnet_pooled"] = centroid_accuracy(

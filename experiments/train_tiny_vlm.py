@@ -2,6 +2,8 @@
 
     python experiments/train_tiny_vlm.py                      # the committed run: 2,400 steps, ~32 min on 1 idle core
     python experiments/train_tiny_vlm.py --steps 300 --out /tmp/pilot.safetensors   # a quick pilot
+    python experiments/train_tiny_vlm.py --balance-yes-no \
+        --out experiments/results/tiny_vlm_projector_balanced.safetensors     # yes/no text prior removed
 
 Writes ``<out>`` (fp16 safetensors) and ``<out>.json`` (training config, loss curve, validation accuracy on
 held-out train images, timings, machine, sha256). The frozen parts are never saved.
@@ -39,6 +41,11 @@ def main() -> None:
     p.add_argument(
         "--task-weights", type=float, nargs=3, default=d.task_weights, help="sampling weights of yes_no color shape"
     )
+    p.add_argument(
+        "--balance-yes-no",
+        action="store_true",
+        help="draw yes/no questions so that yes and no are equally likely for every question text",
+    )
     p.add_argument("--n-val", type=int, default=500, help="validation questions to evaluate after training")
     p.add_argument("--out", type=Path, default=PROJECTOR_FILE)
     a = p.parse_args()
@@ -51,6 +58,7 @@ def main() -> None:
         threads=a.threads,
         bf16=not a.no_bf16,
         task_weights=tuple(a.task_weights) if a.task_weights else None,
+        balance_yes_no=a.balance_yes_no,
     )
     with limit_threads(cfg.threads):
         run(a, cfg)
@@ -93,6 +101,7 @@ def run(a: argparse.Namespace, cfg: T.TrainConfig) -> None:
             "val_images": cfg.val_images,
             "examples_seen": res.examples,
             "epochs": round(res.examples / len(train), 3),
+            **(_balance_record(train) if cfg.balance_yes_no else {}),
         },
         "loss_curve": {"every_steps": every, "mean_loss": curve},
         "val_accuracy": {"n": len(val_sample), **{k: round(v, 4) for k, v in val_acc.items()}},
@@ -106,6 +115,22 @@ def run(a: argparse.Namespace, cfg: T.TrainConfig) -> None:
     }
     sha = T.save_projector(model.multi_modal_projector, a.out, record)
     print(f"saved {a.out} sha256 {sha}")
+
+
+def _balance_record(train: list[T.VQAItem]) -> dict:
+    """Describe what :func:`savlens.zoo.train_projector.yes_no_balance_weights` keeps of the yes/no questions."""
+    kept = T.yes_no_balance_weights(train)
+    texts = {it.question for it in train if it.task == "yes_no"}
+    kept_texts = {train[i].question for i in kept}
+    return {
+        "balance_yes_no": {
+            "yes_no_questions": sum(it.task == "yes_no" for it in train),
+            "kept_questions": len(kept),
+            "texts": len(texts),
+            "kept_texts": len(kept_texts),
+            "dropped_texts": sorted(texts - kept_texts),
+        }
+    }
 
 
 if __name__ == "__main__":

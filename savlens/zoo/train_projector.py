@@ -55,6 +55,7 @@ __all__ = [
     "normalize_answer",
     "save_projector",
     "train_projector",
+    "yes_no_balance_weights",
 ]
 
 
@@ -77,6 +78,11 @@ class TrainConfig:
     #: shape (a pilot of 300 steps learnt colour to 77% with equal weights but not at all, 9%, with the data's
     #: own mix of 74% yes/no); None: every question equally often
     task_weights: tuple[float, float, float] | None = (2.0, 1.0, 1.0)
+    #: draw the yes/no rows so that the question text carries no information about the answer: each yes/no
+    #: question is weighted by 1 / (number of yes/no questions with its exact text and answer), so every
+    #: (text, answer) pair has equal mass and "yes" and "no" are equally likely for every text (sampled with
+    #: replacement; texts that only ever have one answer are dropped). Off: the committed run's sampler.
+    balance_yes_no: bool = False
 
 
 @dataclass(frozen=True)
@@ -212,7 +218,8 @@ class PromptCodec:
 
 def _sampler(items: Sequence[VQAItem], config: TrainConfig, gen: torch.Generator) -> Callable[[], list[int]]:
     """Return a function that gives the item indices of the next batch (seeded permutations, one per task
-    when ``config.task_weights`` is set)."""
+    when ``config.task_weights`` is set; with ``config.balance_yes_no`` the yes/no rows are instead drawn with
+    replacement by :func:`yes_no_balance_weights`)."""
     tasks = tuple(EASY_VQA_TASKS)
     pools = (
         {t: [i for i, it in enumerate(items) if it.task == t] for t in tasks}
@@ -220,8 +227,15 @@ def _sampler(items: Sequence[VQAItem], config: TrainConfig, gen: torch.Generator
         else {"all": list(range(len(items)))}
     )
     queues: dict[str, list[int]] = {k: [] for k in pools}
+    if config.balance_yes_no:
+        if config.task_weights is None:
+            raise ValueError("balance_yes_no needs task_weights (the yes/no rows are drawn from their own pool).")
+        yes_no = yes_no_balance_weights(items)
+        balanced, weights = list(yes_no), torch.tensor(list(yes_no.values()), dtype=torch.double)
 
     def take(key: str) -> int:
+        if config.balance_yes_no and key == "yes_no":
+            return balanced[int(torch.multinomial(weights, 1, generator=gen))]
         if not queues[key]:
             pool = pools[key]
             queues[key] = [pool[j] for j in torch.randperm(len(pool), generator=gen).tolist()]
@@ -235,6 +249,31 @@ def _sampler(items: Sequence[VQAItem], config: TrainConfig, gen: torch.Generator
         return [take(tasks[k]) for k in picks]
 
     return draw
+
+
+def yes_no_balance_weights(items: Sequence[VQAItem]) -> dict[int, float]:
+    """Return the sampling weight of each yes/no item (by position in ``items``) that removes the text prior.
+
+    An item's weight is 1 / (number of yes/no items with its exact question text and answer): every
+    (text, answer) pair gets the same mass, so every text is drawn equally often and "yes" and "no" are equally
+    likely for each. The exact text is the unit because it is what the prior is keyed on (easy-VQA's texts are
+    templates whose only variable parts are the colour or shape word, which the prior depends on: "is there a
+    red shape?" is "no" 88% of the time in train). Texts that only ever have one answer are left out (none in
+    easy-VQA train).
+
+    >>> q, r = "is there a circle?", "is there a red shape?"
+    >>> items = [VQAItem(q, "no", "yes_no", 0, 0), VQAItem(q, "no", "yes_no", 1, 1), VQAItem(q, "yes", "yes_no", 2, 2),
+    ...          VQAItem(r, "no", "yes_no", 3, 3), VQAItem("what color?", "red", "color", 0, 4)]
+    >>> yes_no_balance_weights(items)
+    {0: 0.5, 1: 0.5, 2: 1.0}
+    """
+    counts = Counter((it.question, it.answer) for it in items if it.task == "yes_no")
+    both = {q for q, a in counts if (q, "no" if a == "yes" else "yes") in counts}
+    return {
+        i: 1.0 / counts[it.question, it.answer]
+        for i, it in enumerate(items)
+        if it.task == "yes_no" and it.question in both
+    }
 
 
 def _prefix_kv(model: TinyVLM, prefix: list[int]) -> list[tuple[Tensor, Tensor]]:
