@@ -37,7 +37,7 @@ import savlens  # noqa: E402
 from bench import report  # noqa: E402
 from bench.harness import loadavg  # noqa: E402
 from bench.suites import Case, Settings, run_case, run_scoring  # noqa: E402
-from savlens.models.tiny import build_tiny, sample_images  # noqa: E402
+from savlens.testing.tiny import build_tiny, sample_images  # noqa: E402
 
 SKELETON = """# Performance
 
@@ -114,7 +114,7 @@ def tiny_vlm_case(st: Settings) -> Case:
         seq_points.append((16 * k, exs))  # 224 x 224 -> 16 image tokens each (max_pixels 112 x 112)
     return Case(
         name="tiny-qwen2_vl",
-        title="Tiny random Qwen2-VL (`savlens.models.tiny.build_tiny('qwen2_vl')`, as in the tests)",
+        title="Tiny random Qwen2-VL (`savlens.testing.tiny.build_tiny('qwen2_vl')`, as in the tests)",
         model=m,
         make_examples=vlm_examples,
         n_fit=8 if st.quick else 40,

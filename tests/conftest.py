@@ -11,7 +11,7 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 import savlens  # noqa: E402
-from savlens.models.tiny import FAMILIES, build_tiny, sample_images  # noqa: E402
+from savlens.testing.tiny import FAMILIES, build_tiny, sample_images  # noqa: E402
 
 VLM_FAMILIES = ("llava_onevision", "qwen2_vl", "qwen2_5_vl")
 

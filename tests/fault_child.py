@@ -23,7 +23,7 @@ def model():  # type: ignore[no-untyped-def]
     import torch
 
     import savlens
-    from savlens.models.tiny import build_tiny
+    from savlens.testing.tiny import build_tiny
 
     torch.set_num_threads(1)
     tm = build_tiny("llama")

@@ -50,7 +50,7 @@ from savlens.errors import (
     TraceStateError,
     UnsupportedModelError,
 )
-from savlens.models.tiny import build_tiny, build_tokenizer, sample_images
+from savlens.testing.tiny import build_tiny, build_tokenizer, sample_images
 
 
 @dataclass

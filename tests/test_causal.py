@@ -14,7 +14,7 @@ from savlens.causal import (
 )
 from savlens.extraction import extract
 from savlens.heads import HeadSet
-from savlens.models.tiny import sample_images
+from savlens.testing.tiny import sample_images
 from savlens.sav import SAV
 
 ANSWERS = {"yes": "yes", "no": "no"}

@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 
 import savlens
 from savlens.extraction import extract
-from savlens.models.tiny import build_tiny, sample_images
+from savlens.testing.tiny import build_tiny, sample_images
 from savlens.store import open_store
 
 

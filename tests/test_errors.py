@@ -17,7 +17,7 @@ from savlens.errors import (
     SavlensError,
     TraceStateError,
 )
-from savlens.models.tiny import build_tiny, sample_images
+from savlens.testing.tiny import build_tiny, sample_images
 
 
 def _batch(model: savlens.Model) -> savlens.Batch:

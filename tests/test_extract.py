@@ -11,7 +11,7 @@ import savlens
 import savlens.extraction as extract_mod
 from savlens.errors import HookNameError, InputError, StoreError
 from savlens.extraction import extract
-from savlens.models.tiny import sample_images
+from savlens.testing.tiny import sample_images
 from savlens.store import open_store
 
 

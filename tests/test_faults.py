@@ -33,7 +33,7 @@ SEED = 20241124
 @pytest.fixture(scope="module")
 def ctx() -> Iterator[Any]:
     context = mp.get_context("forkserver")
-    context.set_forkserver_preload(["fault_child", "savlens", "savlens.models.tiny"])
+    context.set_forkserver_preload(["fault_child", "savlens", "savlens.testing.tiny"])
     yield context
 
 

@@ -17,7 +17,7 @@ import torch
 from conftest import tiny
 
 import savlens
-from savlens.models.tiny import build_tiny
+from savlens.testing.tiny import build_tiny
 
 N_CALLS = 200
 RSS_BOUND_MB = 16.0

@@ -204,7 +204,7 @@ def test_confusion_heatmap_counts() -> None:
 
 
 def test_attention_on_image_draws_the_heads_weights_over_image_tokens(tmp_path: Path) -> None:
-    from savlens.models.tiny import sample_images
+    from savlens.testing.tiny import sample_images
 
     model = tiny("qwen2_vl", "eager")
     img = sample_images(1, sizes=((56, 56),))[0]

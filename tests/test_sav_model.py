@@ -9,7 +9,7 @@ from conftest import tiny
 import savlens
 from savlens.errors import StoreError
 from savlens.extraction import extract
-from savlens.models.tiny import sample_images
+from savlens.testing.tiny import sample_images
 from savlens.sav import SAV
 
 

@@ -13,7 +13,7 @@ import transformers
 import savlens
 from savlens import SAV, HeadFeatures, extract, open_store
 from savlens.errors import StoreError, UnsupportedModelError
-from savlens.models.tiny import build_tiny
+from savlens.testing.tiny import build_tiny
 from savlens.store import _shard_path
 
 PACKAGE = Path(savlens.__file__).parent

@@ -1,4 +1,4 @@
-"""Tests of savlens.models.tiny: tiny offline HF models, their tokenizers, processors and sample images."""
+"""Tests of savlens.testing.tiny: tiny offline HF models, their tokenizers, processors and sample images."""
 
 import os
 
@@ -15,7 +15,7 @@ from transformers import (
     Qwen2VLProcessor,
 )
 
-from savlens.models.tiny import (
+from savlens.testing.tiny import (
     FAMILIES,
     LLAVA_PINPOINTS,
     TEXT_FAMILIES,

@@ -49,7 +49,7 @@ def random_vlm() -> savlens.Model:
 
 
 def _images(n: int) -> list:
-    from savlens.models.tiny import sample_images
+    from savlens.testing.tiny import sample_images
 
     return sample_images(n, seed=3, sizes=((64, 64), (48, 100)))
 

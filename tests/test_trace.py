@@ -5,7 +5,7 @@ import torch
 from conftest import VLM_FAMILIES, mixed_examples, tiny
 
 import savlens
-import savlens.models.tiny
+import savlens.testing.tiny
 from savlens.names import HOOKS, all_names
 from savlens.positions import select_positions
 
@@ -323,7 +323,7 @@ def test_repeated_traces_are_independent() -> None:
 @pytest.mark.parametrize("family", VLM_FAMILIES)
 def test_multi_image_row_in_a_batch(family: str) -> None:
     model = tiny(family)
-    imgs = savlens.models.tiny.sample_images(3, seed=4)
+    imgs = savlens.testing.tiny.sample_images(3, seed=4)
     exs = [
         savlens.Example("what is in the two pictures ?", images=imgs[:2], id="two"),
         savlens.Example("what color is it ?", images=[imgs[2]], id="one"),

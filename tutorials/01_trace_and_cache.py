@@ -27,7 +27,7 @@ import os
 import torch
 
 import savlens
-from savlens.models.tiny import build_tiny, sample_images
+from savlens.testing.tiny import build_tiny, sample_images
 
 MODEL = os.environ.get("SAVLENS_MODEL")
 if MODEL:

@@ -43,14 +43,14 @@ def load_model(name: str, *, dtype: str = "auto", attn: str = "sdpa", device: st
     """Load ``name`` for the CLI: a :func:`savlens.load` name or path, or ``tiny:<family>``.
 
     ``tiny:<family>`` (``tiny:llama``, ``tiny:qwen2_vl``, ...) builds a tiny random-weight model in memory
-    (:func:`savlens.models.tiny.build_tiny`, seed 0): no signal, but every step runs in seconds.
+    (:func:`savlens.testing.tiny.build_tiny`, seed 0): no signal, but every step runs in seconds.
     """
     import torch
 
     import savlens
 
     if name.startswith(TINY_PREFIX):
-        from savlens.models.tiny import FAMILIES, build_tiny
+        from savlens.testing.tiny import FAMILIES, build_tiny
 
         family = name.removeprefix(TINY_PREFIX)
         if family not in FAMILIES:

@@ -94,7 +94,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     """Run ``savlens check``: the activation-API check on a tiny model of each family; exit 1 on a mismatch."""
     from savlens.demo import check_family, check_table
-    from savlens.models.tiny import FAMILIES
+    from savlens.testing.tiny import FAMILIES
 
     unknown = [f for f in args.families if f not in FAMILIES]
     if unknown:

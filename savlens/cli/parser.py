@@ -163,7 +163,7 @@ def _demo(add: _Add) -> None:
 
 
 def _check(add: _Add) -> None:
-    from savlens.models.tiny import FAMILIES
+    from savlens.testing.tiny import FAMILIES
 
     p = add(
         "check",

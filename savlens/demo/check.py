@@ -16,7 +16,7 @@ from savlens.tracing import trace
 
 
 def _examples(model: Model) -> list[Example]:
-    from savlens.models.tiny import sample_images
+    from savlens.testing.tiny import sample_images
 
     imgs = sample_images(2, seed=1, sizes=((64, 64), (48, 100)))
     texts = ["what color is the circle ?", "is there a red shape in the picture and what else is there ?", "hello"]
@@ -37,7 +37,7 @@ def _median_ms(fn: Callable[[], Any], repeats: int) -> float:
 
 def check_family(family: str, repeats: int = 30) -> dict[str, Any]:
     """Trace one tiny model of ``family`` and return its checks and timings."""
-    from savlens.models.tiny import build_tiny
+    from savlens.testing.tiny import build_tiny
 
     tm = build_tiny(family)
     model = wrap(tm.model, tm.processor, model_id=f"tiny-{family}")
