@@ -17,11 +17,20 @@ from transformers import (
     Glm4vImageProcessor,
     Glm4vProcessor,
     Glm4vVideoProcessor,
+    Llama4Config,
+    Llama4ForConditionalGeneration,
+    Llama4ImageProcessor,
+    Llama4Processor,
     Molmo2Config,
     Molmo2ForConditionalGeneration,
     Molmo2ImageProcessor,
     Molmo2Processor,
     Molmo2VideoProcessor,
+    Ovis2_5Config,
+    Ovis2_5ForConditionalGeneration,
+    Ovis2_5ImageProcessor,
+    Ovis2_5Processor,
+    Ovis2_5VideoProcessor,
     PaliGemmaConfig,
     PaliGemmaForConditionalGeneration,
     PaliGemmaProcessor,
@@ -32,6 +41,8 @@ from transformers import (
     Qwen3VLVideoProcessor,
     SiglipImageProcessor,
 )
+
+from transformers.models.llama4.processing_llama4 import chat_template as LLAMA4_TEMPLATE
 
 from savlens.testing._core import CHATML_SPECIALS, ROPE, Parts, chatml_template, recipe, text_sizes, word_tokenizer
 
@@ -347,3 +358,127 @@ def molmo2(n_layers: int) -> Parts:
     vp = Molmo2VideoProcessor(num_frames=4, **kw)
     proc = Molmo2Processor(image_processor=ip, video_processor=vp, tokenizer=tok, chat_template=tok.chat_template)
     return Parts(cfg, Molmo2ForConditionalGeneration, proc, tok)
+
+
+LLAMA4_SPECIALS = [
+    "<|begin_of_text|>",
+    "<|eot|>",
+    "<|finetune_right_pad|>",
+    "<|header_start|>",
+    "<|header_end|>",
+    "<|python_start|>",
+    "<|python_end|>",
+    "<|image_start|>",
+    "<|image_end|>",
+    "<|image|>",
+    "<|patch|>",
+    "<|tile_x_separator|>",
+    "<|tile_y_separator|>",
+]
+# Llama 4: 32x32 tiles in 8x8 patches, pixel-shuffled 2x2 -> 4 <|patch|> tokens per tile; up to 4 tiles plus the
+# global view: 64x64 -> 2x2 tiles (20 tokens), 48x100 -> 1x3 tiles or fewer
+LLAMA4_TILE, LLAMA4_PATCH = 32, 8
+
+
+@recipe(
+    "llama4",
+    notes="1-D RoPE; chunked attention (chunk 4) on RoPE layers, global NoPE layers; MoE every other layer",
+)
+def llama4(n_layers: int) -> Parts:
+    tok = word_tokenizer(
+        LLAMA4_SPECIALS,
+        chat_template=LLAMA4_TEMPLATE,
+        eos="<|eot|>",
+        pad="<|finetune_right_pad|>",
+        bos="<|begin_of_text|>",
+    )
+    ids = _ids(tok)
+    cfg = Llama4Config(
+        text_config=dict(
+            text_sizes(tok, n_layers),
+            intermediate_size_mlp=128,
+            num_local_experts=2,
+            num_experts_per_tok=1,
+            interleave_moe_layer_step=2,
+            no_rope_layer_interval=2,
+            attention_chunk_size=4,
+            rope_parameters=dict(ROPE),
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=128,  # = hidden_size / pixel_shuffle_ratio**2, as the adapter requires
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=LLAMA4_TILE,
+            patch_size=LLAMA4_PATCH,
+            pixel_shuffle_ratio=0.5,
+            vision_output_dim=64,
+            projector_input_dim=64,
+            projector_output_dim=64,
+            rope_parameters=dict(ROPE),
+        ),
+        boi_token_index=ids("<|image_start|>"),
+        eoi_token_index=ids("<|image_end|>"),
+        image_token_index=ids("<|patch|>"),
+        tie_word_embeddings=False,
+    )
+    ip = Llama4ImageProcessor(size={"height": LLAMA4_TILE, "width": LLAMA4_TILE}, max_patches=4)
+    proc = Llama4Processor(
+        image_processor=ip,
+        tokenizer=tok,
+        patch_size=LLAMA4_PATCH,
+        pixel_shuffle_ratio=0.5,
+        chat_template=LLAMA4_TEMPLATE,
+    )
+    return Parts(cfg, Llama4ForConditionalGeneration, proc, tok)
+
+
+OVIS_MM = {
+    "image_token": "<|image_pad|>",
+    "video_token": "<|video_pad|>",
+    "image_start_token": "<|image_start|>",
+    "image_end_token": "<|image_end|>",
+    "video_start_token": "<|video_start|>",
+    "video_end_token": "<|video_end|>",
+}
+# Ovis 2.5: patch 16, 2x2 merge -> one image token per 32x32 pixels: 64x64 -> 4 tokens, 48x100 -> 6
+OVIS_MIN_PIXELS, OVIS_MAX_PIXELS = 64 * 64, 128 * 128
+
+
+@recipe(
+    "ovis2_5",
+    notes="1-D RoPE (Qwen3); image = start indicator + probabilistic visual tokens + end indicator",
+)
+def ovis2_5(n_layers: int) -> Parts:
+    template = chatml_template("<|image_pad|>", "<|video_pad|>")
+    tok = word_tokenizer(CHATML_SPECIALS + list(OVIS_MM.values()), chat_template=template, extra_special_tokens=OVIS_MM)
+    ids = _ids(tok)
+    cfg = Ovis2_5Config(
+        text_config=dict(text_sizes(tok, n_layers), model_type="qwen3", rope_parameters=dict(ROPE)),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            patch_size=16,
+            spatial_merge_size=2,
+            image_size=64,
+            window_size=64,
+            layer_types=["window_attention", "full_attention"],
+            temporal_patch_size=1,
+            vocab_size=64,
+            num_visual_indicator_tokens=4,
+        ),
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        image_start_token_id=ids("<|image_start|>"),
+        image_end_token_id=ids("<|image_end|>"),
+        video_start_token_id=ids("<|video_start|>"),
+        video_end_token_id=ids("<|video_end|>"),
+        tie_word_embeddings=False,
+    )
+    kw = dict(patch_size=16, merge_size=2, temporal_patch_size=1)
+    ip = Ovis2_5ImageProcessor(size={"shortest_edge": OVIS_MIN_PIXELS, "longest_edge": OVIS_MAX_PIXELS}, **kw)
+    vp = Ovis2_5VideoProcessor(size={"shortest_edge": OVIS_MIN_PIXELS, "longest_edge": OVIS_MAX_PIXELS}, **kw)
+    proc = Ovis2_5Processor(image_processor=ip, tokenizer=tok, video_processor=vp, chat_template=template)
+    return Parts(cfg, Ovis2_5ForConditionalGeneration, proc, tok)
