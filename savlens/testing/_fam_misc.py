@@ -244,6 +244,11 @@ def idefics3(n_layers: int) -> Parts:
     return Parts(cfg, Idefics3ForConditionalGeneration, proc, tok)
 
 
+#: the words of SmolVLM's video prompt ("You are provided the following series of four frames from a 0:00:03
+#: [H:MM:SS] video. Frame from 00:00: ...")
+VIDEO_INTRO_WORDS = ["provided", "following", "series", "frames", "frame", "video", "h", "mm", "ss"]
+
+
 @recipe(
     "smolvlm",
     image_sizes=((64, 64), (48, 100)),
@@ -255,6 +260,7 @@ def smolvlm(n_layers: int) -> Parts:
         chat_template=_idefics_template("<|im_start|>", video=True),
         eos="<end_of_utterance>",
         pad="<|endoftext|>",
+        extra_words=VIDEO_INTRO_WORDS,
         extra_special_tokens={
             "fake_image_token": "<fake_token_around_image>",
             "image_token": "<image>",
