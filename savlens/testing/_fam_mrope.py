@@ -41,7 +41,6 @@ from transformers import (
     Qwen3VLVideoProcessor,
     SiglipImageProcessor,
 )
-
 from transformers.models.llama4.processing_llama4 import chat_template as LLAMA4_TEMPLATE
 
 from savlens.testing._core import CHATML_SPECIALS, ROPE, Parts, chatml_template, recipe, text_sizes, word_tokenizer
@@ -86,7 +85,7 @@ def qwen3_vl(n_layers: int) -> Parts:
         vision_end_token_id=ids("<|vision_end|>"),
         tie_word_embeddings=False,
     )
-    kw = dict(patch_size=16, temporal_patch_size=2, merge_size=2)
+    kw: dict[str, Any] = dict(patch_size=16, temporal_patch_size=2, merge_size=2)
     ip = Qwen2VLImageProcessor(size={"shortest_edge": QWEN3_MIN_PIXELS, "longest_edge": QWEN3_MAX_PIXELS}, **kw)
     vp = Qwen3VLVideoProcessor(size={"shortest_edge": QWEN3_MIN_PIXELS, "longest_edge": 4 * QWEN3_MAX_PIXELS}, **kw)
     proc = Qwen3VLProcessor(image_processor=ip, tokenizer=tok, video_processor=vp, chat_template=template)
@@ -152,7 +151,7 @@ def glm4v(n_layers: int) -> Parts:
         video_end_token_id=ids("<|end_of_video|>"),
         tie_word_embeddings=False,
     )
-    kw = dict(patch_size=14, temporal_patch_size=2, merge_size=2)
+    kw: dict[str, Any] = dict(patch_size=14, temporal_patch_size=2, merge_size=2)
     ip = Glm4vImageProcessor(size={"shortest_edge": GLM_MIN_PIXELS, "longest_edge": GLM_MAX_PIXELS}, **kw)
     vp = Glm4vVideoProcessor(
         size={"shortest_edge": GLM_MIN_PIXELS, "longest_edge": 4 * GLM_MAX_PIXELS},
@@ -194,6 +193,7 @@ def gemma3(n_layers: int) -> Parts:
         eos="<end_of_turn>",
         pad="<pad>",
         bos="<bos>",
+        extra_words=["model"],
         extra_special_tokens=mm,
     )
     ids = _ids(tok)
@@ -251,8 +251,8 @@ PALIGEMMA_IMAGE, PALIGEMMA_PATCH = 32, 8
 def paligemma(n_layers: int) -> Parts:
     tok = word_tokenizer(GEMMA_SPECIALS, chat_template=PALIGEMMA_TEMPLATE, eos="<eos>", pad="<pad>", bos="<bos>")
     n_tokens = (PALIGEMMA_IMAGE // PALIGEMMA_PATCH) ** 2
-    ip = SiglipImageProcessor(size={"height": PALIGEMMA_IMAGE, "width": PALIGEMMA_IMAGE})
-    ip.image_seq_length = n_tokens
+    # image_seq_length: as in PaliGemma's preprocessor_config.json; the processor reads it from the image processor
+    ip = SiglipImageProcessor(size={"height": PALIGEMMA_IMAGE, "width": PALIGEMMA_IMAGE}, image_seq_length=n_tokens)
     # the processor adds <image> and PaliGemma's 1,024 <locXXXX> + 128 <segXXX> tokens to the tokenizer
     proc = PaliGemmaProcessor(image_processor=ip, tokenizer=tok, chat_template=PALIGEMMA_TEMPLATE)
     text = text_sizes(tok, n_layers)
@@ -290,14 +290,16 @@ MOLMO2_SPECIALS = [
     "<im_low>",
 ]
 #: Molmo 2's chat format: every image of the conversation first (``<|image|>``, or ``Image 1<|image|>Image 2...``
-#: for several), then ChatML turns. The real template also raises unless roles alternate user/assistant; this one
-#: renders a system message as a ChatML system turn.
+#: for several), then every video (``<|video|>``), then ChatML turns. The real template also raises unless roles
+#: alternate user/assistant; this one renders a system message as a ChatML system turn.
 MOLMO2_TEMPLATE = (
-    "{% set n = namespace(images=0) %}{% for message in messages %}{% if message['content'] is not string %}"
-    "{% for item in message['content'] %}{% if item['type'] == 'image' %}{% set n.images = n.images + 1 %}"
-    "{% endif %}{% endfor %}{% endif %}{% endfor %}"
+    "{% set n = namespace(images=0, videos=0) %}{% for message in messages %}"
+    "{% if message['content'] is not string %}{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}{% set n.images = n.images + 1 %}"
+    "{% elif item['type'] == 'video' %}{% set n.videos = n.videos + 1 %}{% endif %}"
+    "{% endfor %}{% endif %}{% endfor %}"
     "{% if n.images == 1 %}<|image|>{% else %}{% for i in range(n.images) %}Image {{ i + 1 }}<|image|>"
-    "{% endfor %}{% endif %}"
+    "{% endfor %}{% endif %}{% for i in range(n.videos) %}<|video|>{% endfor %}"
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] is string %}{{ message['content'] }}"
     "{% else %}{% for item in message['content'] %}{% if item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
@@ -353,7 +355,9 @@ def molmo2(n_layers: int) -> Parts:
         frame_end_token_id=ids("<frame_end>"),
         tie_word_embeddings=False,
     )
-    kw = dict(size={"height": MOLMO2_CROP, "width": MOLMO2_CROP}, patch_size=MOLMO2_PATCH, pooling_size=[2, 2])
+    kw: dict[str, Any] = dict(
+        size={"height": MOLMO2_CROP, "width": MOLMO2_CROP}, patch_size=MOLMO2_PATCH, pooling_size=[2, 2]
+    )
     ip = Molmo2ImageProcessor(max_crops=4, overlap_margins=[1, 1], **kw)
     vp = Molmo2VideoProcessor(num_frames=4, **kw)
     proc = Molmo2Processor(image_processor=ip, video_processor=vp, tokenizer=tok, chat_template=tok.chat_template)
@@ -477,7 +481,7 @@ def ovis2_5(n_layers: int) -> Parts:
         video_end_token_id=ids("<|video_end|>"),
         tie_word_embeddings=False,
     )
-    kw = dict(patch_size=16, merge_size=2, temporal_patch_size=1)
+    kw: dict[str, Any] = dict(patch_size=16, merge_size=2, temporal_patch_size=1)
     ip = Ovis2_5ImageProcessor(size={"shortest_edge": OVIS_MIN_PIXELS, "longest_edge": OVIS_MAX_PIXELS}, **kw)
     vp = Ovis2_5VideoProcessor(size={"shortest_edge": OVIS_MIN_PIXELS, "longest_edge": OVIS_MAX_PIXELS}, **kw)
     proc = Ovis2_5Processor(image_processor=ip, tokenizer=tok, video_processor=vp, chat_template=template)
