@@ -11,7 +11,9 @@ from PIL import Image
 
 from savlens.errors import InputError
 
-ImageLike = Image.Image | str | os.PathLike[str]
+#: An image as users have it: a PIL image, a path, a ``height width channel`` uint8 numpy array (or ``height
+#: width`` grey), or a ``channel height width`` torch tensor (uint8, or float in [0, 1]).
+ImageLike = Image.Image | str | os.PathLike[str] | np.ndarray | Any
 
 
 @dataclass
@@ -43,7 +45,7 @@ class Example:
     def __post_init__(self) -> None:
         if not isinstance(self.text, str):
             raise InputError(f"Example.text must be a str; got {type(self.text).__name__}. Convert it with str(...).")
-        if isinstance(self.images, (Image.Image, str, os.PathLike)):
+        if isinstance(self.images, (Image.Image, str, os.PathLike)) or _is_array(self.images):
             self.images = [self.images]
         try:
             self.images = list(self.images)
@@ -52,10 +54,10 @@ class Example:
                 f"Example.images must be a list of PIL images or image paths; got {type(self.images).__name__}."
             ) from None
         for i, im in enumerate(self.images):
-            if not isinstance(im, (Image.Image, str, os.PathLike)):
+            if not isinstance(im, (Image.Image, str, os.PathLike)) and not _is_array(im):
                 raise InputError(
-                    f"image {i} of example {self.id!r} is a {type(im).__name__}; give a PIL image or a path to an "
-                    "image file (convert an array with PIL.Image.fromarray)."
+                    f"image {i} of example {self.id!r} is a {type(im).__name__}; give a PIL image, a path to an "
+                    "image file, a height x width x 3 uint8 numpy array or a 3 x height x width torch tensor."
                 )
         if self.messages is not None and not (
             isinstance(self.messages, list | tuple) and all(isinstance(m, dict) for m in self.messages)
@@ -87,8 +89,10 @@ class Example:
         out = []
         for i, im in enumerate(self.images):
             where = f"image {i} of example {who!r}"
+            if _is_array(im):
+                im = _array_to_image(im, where)
             if not isinstance(im, Image.Image):
-                path = Path(im)
+                path = Path(im)  # type: ignore[arg-type]
                 if not path.is_file():
                     raise InputError(f"{where}: no file at {str(path)!r}; check the path (and the data file's root).")
                 try:
@@ -112,6 +116,38 @@ class Example:
                 _check_size(im, where)
             out.append(_to_rgb(im, where))
         return out
+
+
+def _is_array(x: Any) -> bool:
+    if isinstance(x, np.ndarray):
+        return True
+    torch = __import__("sys").modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def _array_to_image(x: Any, where: str) -> Image.Image:
+    """A numpy ``height width [channel]`` array or a torch ``channel height width`` tensor as a PIL image."""
+    if not isinstance(x, np.ndarray):  # a torch tensor: channel first, as torchvision has them
+        t = x.detach().cpu()
+        if t.ndim == 3:
+            t = t.permute(1, 2, 0)
+        x = t.numpy()
+        if x.dtype.kind == "f":
+            if x.size and (x.min() < 0 or x.max() > 1):
+                raise InputError(
+                    f"{where}: a float tensor must hold values in [0, 1] (got {x.min():.3g}..{x.max():.3g}); "
+                    "undo the normalisation, or give uint8 values."
+                )
+            x = np.round(x * 255.0).astype(np.uint8)
+    if x.ndim == 3 and x.shape[-1] == 1:
+        x = x[..., 0]
+    if x.dtype != np.uint8 or x.ndim not in (2, 3) or (x.ndim == 3 and x.shape[-1] not in (3, 4)):
+        raise InputError(
+            f"{where}: an array image must be height x width x 3 (or 4, or grey height x width) uint8, or a torch "
+            f"tensor 3 x height x width; got shape {tuple(x.shape)} dtype {x.dtype}. A channel-first numpy array "
+            "needs .transpose(1, 2, 0); float arrays need np.uint8(255 * x)."
+        )
+    return Image.fromarray(np.ascontiguousarray(x))
 
 
 def _check_size(im: Image.Image, where: str) -> None:

@@ -94,6 +94,34 @@ class Batch:
             )
 
     @classmethod
+    def from_inputs(
+        cls,
+        model: "Model",
+        inputs: Any,
+        *,
+        example_ids: Sequence[str] | None = None,
+        labels: Sequence[Hashable | None] | None = None,
+    ) -> "Batch":
+        """Wrap inputs that the user's own pipeline made (a processor's ``BatchFeature`` or a dict of tensors).
+
+        The padding side is read from the attention mask (left or right), each row's last real token and the
+        image-token mask are resolved, inputs the model's forward does not take are dropped, and the position
+        inputs are added as :meth:`from_examples` adds them (unless ``position_ids`` are given). The features
+        are then the same as from :meth:`from_examples` on the same prompts.
+
+        Args:
+            model: the wrapped model.
+            inputs: ``processor(text=..., images=..., padding=True, return_tensors="pt")`` or a tokenizer's output.
+            example_ids: one id per row (default ``"0"``, ``"1"``, ...).
+            labels: one label per row (default None).
+
+        Raises:
+            InputError: no ``input_ids`` tensor, a mask of another shape, padding on both ends or inside a row,
+                a row of padding only, ids or labels of the wrong length.
+        """
+        return _from_inputs(cls, model, inputs, example_ids, labels)
+
+    @classmethod
     def from_examples(
         cls,
         model: "Model",
@@ -145,10 +173,14 @@ class Batch:
                 )
             text = _apply_template(prompt_template, e, ids[i])
             prompts.append(model.render(e, text, chat=chat, system_prompt=system_prompt))
-            row_images = e.load_images(ids[i])
-            if row_images:
-                images.append(row_images)
-        enc = model.encode(prompts, images, padding_side=padding_side)
+            images.append(e.load_images(ids[i]))
+        if any(images) and not all(images) and not model.resolved.spec.text_rows_with_images:
+            raise InputError(
+                f"{model.family} model {model.model_id!r}: its processor cannot mix text-only rows with image rows "
+                f"in one batch (rows {[ids[i] for i, r in enumerate(images) if not r][:5]} have no image); batch "
+                "them separately (savlens.extract does when given batch_size=1), or give every row an image."
+            )
+        enc = model.encode(prompts, images, padding_side=padding_side, add_special_tokens=not chat)
         mask = enc["attention_mask"]
         lengths = mask.sum(-1)
         max_ctx = model.max_context
@@ -167,7 +199,7 @@ class Batch:
                     f"example {ids[i]!r} has images but its prompt has no image token; with a custom `messages` "
                     f"include one {model.resolved.spec.image_item} item per image."
                 )
-        model.add_position_inputs(enc, has_images=bool(images))
+        model.add_position_inputs(enc, has_images=any(images))
         return cls(
             inputs=enc,
             example_ids=ids,
@@ -179,6 +211,86 @@ class Batch:
             padding_side=padding_side,
             prompt_template=prompt_template,
         )
+
+
+def _from_inputs(
+    cls: type[Batch],
+    model: "Model",
+    inputs: Any,
+    example_ids: Sequence[str] | None,
+    labels: Sequence[Hashable | None] | None,
+) -> Batch:
+    import torch
+
+    try:
+        enc = dict(inputs)
+    except (TypeError, ValueError):
+        raise InputError(
+            f"Batch.from_inputs expects the processor's or tokenizer's output (a BatchFeature or a dict of "
+            f"tensors); got {type(inputs).__name__}."
+        ) from None
+    ids = enc.get("input_ids")
+    if not isinstance(ids, Tensor) or ids.ndim != 2:
+        raise InputError(
+            "Batch.from_inputs needs input_ids as a batch x pos tensor: call the processor with "
+            "return_tensors='pt' (and padding=True for several rows); got "
+            f"{type(ids).__name__}{'' if not isinstance(ids, Tensor) else f' of shape {tuple(ids.shape)}'}."
+        )
+    mask = enc.get("attention_mask")
+    if mask is None:
+        mask = torch.ones_like(ids)
+        enc["attention_mask"] = mask
+    if not isinstance(mask, Tensor) or mask.shape != ids.shape:
+        raise InputError(f"attention_mask must be a tensor shaped like input_ids {tuple(ids.shape)}.")
+    mask_b = mask.bool()
+    if int(mask_b.sum(-1).min()) == 0:
+        raise InputError(f"row {int(mask_b.sum(-1).argmin())} of these inputs has no real token (all padding).")
+    if bool(mask_b[:, -1].all()):
+        side: PaddingSide = "left"
+    elif bool(mask_b[:, 0].all()):
+        side = "right"
+    else:
+        raise InputError(
+            "these inputs are padded on both sides (no column of real tokens at either end); pad on one side "
+            "(tokenizer.padding_side = 'left' or 'right')."
+        )
+    pad_runs = (mask_b[:, 1:].int() - mask_b[:, :-1].int()).abs().sum(-1)
+    if int(pad_runs.max()) > 1:
+        raise InputError("the attention mask has holes (padding between real tokens); savlens needs one padded end.")
+    n = int(ids.shape[0])
+    row_ids = [str(i) for i in range(n)] if example_ids is None else [str(i) for i in example_ids]
+    if len(row_ids) != n or len(set(row_ids)) != n:
+        raise InputError(
+            f"example_ids must be {n} unique ids, one per row; got {len(row_ids)} ({len(set(row_ids))} unique)."
+        )
+    row_labels: list[Hashable | None] = [None] * n if labels is None else list(labels)
+    if len(row_labels) != n:
+        raise InputError(f"labels must have one entry per row ({n}); got {len(row_labels)}.")
+    enc = model.forward_inputs(enc)
+    image_mask = model.image_token_mask(ids)
+    has_images = bool(image_mask.any())
+    if has_images and not model.multimodal:
+        raise InputError(f"these inputs hold image tokens but {model.family} model {model.model_id!r} is text-only.")
+    if "position_ids" not in enc:
+        model.add_position_inputs(enc, has_images=has_images)
+    max_ctx = model.max_context
+    if max_ctx is not None and int(mask.sum(-1).max()) > max_ctx:
+        raise InputError(f"a row is {int(mask.sum(-1).max())} tokens long, more than the model's context of {max_ctx}.")
+    prompts = [
+        str(model.tokenizer.decode(row[m.bool()].tolist(), skip_special_tokens=False)) for row, m in zip(ids, mask)
+    ]
+    return cls(
+        inputs=enc,
+        example_ids=row_ids,
+        labels=row_labels,
+        prompts=prompts,
+        last_index=last_real_index(mask),
+        image_mask=image_mask,
+        fingerprint=model.fingerprint,
+        padding_side=side,
+        prompt_template=None,
+        meta={"from_inputs": True},
+    )
 
 
 def _apply_template(template: str | None, example: Example, example_id: str) -> str:

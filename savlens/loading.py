@@ -5,7 +5,9 @@ at construction. It is the only place where prompts are rendered and encoded for
 """
 
 import hashlib
+import inspect
 import json
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,13 +18,18 @@ from torch import Tensor, nn
 from savlens.errors import InputError, LoadError, ModelSpecError
 from savlens.example import Example
 from savlens.models import ModelSpec, ResolvedSpec, Sizes, get_path, resolve_spec, spec_for
+from savlens.models.registry import registered_spec_for
 
-#: Placeholder text for one image when prompts are fed raw (``chat=False``), by family.
-_RAW_IMAGE_TEXT = {
-    "llava_onevision": "<image>",
-    "qwen2_vl": "<|vision_start|><|image_pad|><|vision_end|>",
-    "qwen2_5_vl": "<|vision_start|><|image_pad|><|vision_end|>",
-}
+
+class SpecReport(dict):  # type: ignore[type-arg]
+    """:meth:`Model.spec_report`: an ordered ``role -> description`` dict that prints as a table."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self)
+
+    def __str__(self) -> str:
+        width = max(len(k) for k in self)
+        return "\n".join(f"{k:<{width}}  {v}" for k, v in self.items())
 
 
 class Model:
@@ -40,7 +47,7 @@ class Model:
         if not isinstance(hf, nn.Module):
             raise LoadError(f"savlens.wrap expects a torch nn.Module (an HF model); got {type(hf).__name__}.")
         self.hf = hf.eval()
-        self.resolved: ResolvedSpec = resolve_spec(spec or spec_for(hf), hf)
+        self.resolved: ResolvedSpec = _resolve(hf, spec)
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.model_id = model_id or getattr(getattr(hf, "config", None), "_name_or_path", "") or type(hf).__name__
@@ -108,6 +115,48 @@ class Model:
 
         return all_names(self.n_layers, self.multimodal)
 
+    def spec_report(self) -> "SpecReport":
+        """What savlens inferred (or was told) about this model: module paths by role, sizes, position scheme,
+        image token, and where the spec came from (``"inferred"``, ``"built-in"`` or ``"user"``).
+
+        ``print(model.spec_report())`` shows a table; ``.to_dict()`` gives the same as a JSON-able dict.
+        """
+        rs = self.resolved
+        spec = rs.spec
+        s = self.sizes
+        img = rs.image_token_id
+        token = None
+        if img is not None:
+            token = str(self.tokenizer.convert_ids_to_tokens(img))
+        position = {
+            "mask_cumsum": "1-D RoPE, position_ids = cumsum(attention_mask) - 1"
+            + (f" + {spec.position_offset}" if spec.position_offset else ""),
+            "mrope": "multimodal RoPE built by the model (get_rope_index); 1-D from the mask for text-only batches",
+        }[spec.positions]
+        extra = sorted(p for p in ("token_type_ids", "mm_token_type_ids") if p in self.forward_params)
+        if extra:
+            position += f"; the model takes {', '.join(extra)} (kept from the processor)"
+        rows: dict[str, Any] = {
+            "class": type(self.hf).__name__,
+            "family": self.family,
+            "spec source": rs.source,
+            "decoder layers": f"{rs.blocks} ({s.n_layers})",
+            "attention": f"{rs.blocks}.{{l}}.{spec.attn}",
+            "q / k / v": f"{spec.q_proj} / {spec.k_proj} / {spec.v_proj}",
+            "output projection (hook_z)": f"{rs.blocks}.{{l}}.{spec.o_proj}",
+            "mlp": f"{rs.blocks}.{{l}}.{spec.mlp}",
+            "final norm": rs.final_norm,
+            "unembedding": rs.unembed,
+            "vision tower (last block)": rs.vision_encoder,
+            "projector": rs.vision_projector,
+            "image token": None if img is None else f"{token!r} (id {img}, config.{spec.image_token_attr[0]})",
+            "sizes": f"n_heads={s.n_heads} n_kv_heads={s.n_kv_heads} d_head={s.d_head} d_model={s.d_model} "
+            f"d_vocab={s.d_vocab} (from config{'.' + spec.text_config if spec.text_config else ''})",
+            "positions": position,
+            "attention implementation": self.attn_implementation,
+        }
+        return SpecReport({k: v for k, v in rows.items() if v is not None})
+
     def __repr__(self) -> str:
         s = self.sizes
         return (
@@ -130,9 +179,11 @@ class Model:
                     f"(with an image processor), not a bare {type(self.processor).__name__}."
                 )
             img_id = self.resolved.image_token_id
-            token = getattr(self.processor, "image_token", None)
-            tok_id = tok.convert_tokens_to_ids(token) if token is not None else img_id
-            if tok_id != img_id:
+            if img_id is None or not (
+                _names_image_token(self.processor, tok, img_id) or self._expands_to_image_token(img_id)
+            ):
+                token = getattr(self.processor, "image_token", None)
+                tok_id = tok.convert_tokens_to_ids(token) if token is not None else None
                 raise InputError(
                     f"the processor does not match {self.family} model {self.model_id!r}: its image token "
                     f"{token!r} has id {tok_id} but the model's config expects image-token id {img_id}. Pass the "
@@ -144,6 +195,15 @@ class Model:
                 f"the tokenizer does not match model {self.model_id!r}: it has {len(tok)} tokens but the model's "
                 f"embedding has {vocab} rows. Pass the tokenizer saved with this checkpoint."
             )
+
+    def _expands_to_image_token(self, image_token_id: int) -> bool:
+        """Whether the processor turns one rendered image into the config's image tokens (a 64 x 64 probe)."""
+        try:
+            prompt = self.render(Example("hi", images=[Image.new("RGB", (64, 64))]), "hi")
+            enc = self._process({"text": [prompt], "return_tensors": "pt"}, [[Image.new("RGB", (64, 64))]])
+        except Exception:
+            return False
+        return bool((enc["input_ids"] == image_token_id).any())
 
     def _fingerprint(self) -> str:
         cfg: Any = self.hf.config
@@ -159,8 +219,7 @@ class Model:
     def render(self, example: Example, text: str, *, chat: bool = True, system_prompt: str | None = None) -> str:
         """Return the prompt string of ``example`` (its text already templated) for this model."""
         if not chat:
-            placeholder = _RAW_IMAGE_TEXT.get(self.family) or str(getattr(self.processor, "image_token", "") or "")
-            return placeholder * example.n_images + text
+            return self.raw_image_text() * example.n_images + text
         if example.messages is not None:
             messages = list(example.messages)
         else:
@@ -182,23 +241,66 @@ class Model:
             )
         return str(templater.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
 
+    def raw_image_text(self) -> str:
+        """The text that stands for one image in a raw (``chat=False``) prompt.
+
+        The spec's ``raw_image_text`` if set; otherwise what the chat template writes for one image item (the
+        difference between a user turn with and without an image), e.g. ``<|vision_start|><|image_pad|>
+        <|vision_end|>`` for Qwen2-VL or ``<start_of_image>`` for Gemma 3; the processor's ``image_token`` when
+        there is no chat template.
+        """
+        spec_text = self.resolved.spec.raw_image_text
+        if spec_text is not None:
+            return spec_text
+        cached = getattr(self, "_raw_image_text", None)
+        if cached is not None:
+            return str(cached)
+        text = str(getattr(self.processor, "image_token", "") or "")
+        if getattr(self.processor, "chat_template", None) or getattr(self.tokenizer, "chat_template", None):
+            try:
+                with_img, without = (
+                    self.render(Example("\x00", images=imgs), "\x00")  # type: ignore[arg-type]
+                    for imgs in ([Image.new("RGB", (1, 1))], [])
+                )
+                start = len(os.path.commonprefix([with_img, without]))
+                tail = len(os.path.commonprefix([with_img[::-1], without[::-1]]))
+                markup = with_img[start : len(with_img) - tail]
+                text = markup.strip("\n") + ("\n" if markup.endswith("\n") else "") if markup.strip() else text
+            except Exception:  # a template that cannot render an image item: fall back to the image token
+                pass
+        self._raw_image_text = text
+        return text
+
     def encode(
-        self, prompts: Sequence[str], images: Sequence[Sequence[Image.Image]], *, padding_side: str
+        self,
+        prompts: Sequence[str],
+        images: Sequence[Sequence[Image.Image]],
+        *,
+        padding_side: str,
+        add_special_tokens: bool = False,
     ) -> dict[str, Any]:
-        """Tokenise ``prompts`` and process ``images`` (one list per image-bearing row, in row order) into
-        one padded batch of model inputs."""
+        """Tokenise ``prompts`` and process ``images`` (one list per row, empty for a text-only row) into one
+        padded batch of model inputs.
+
+        ``add_special_tokens``: False for chat-templated prompts (the template writes BOS where the model wants
+        it); True for raw text, so the tokenizer adds its default special tokens (BOS for Llama, Gemma, Mistral).
+        Inputs the model's forward does not take (``token_type_ids`` of a text tokenizer) are dropped; those it
+        takes (``token_type_ids`` of Gemma 3 / PaliGemma, ``mm_token_type_ids``) are kept.
+        """
         tok = self.tokenizer
         old_side = tok.padding_side
         tok.padding_side = padding_side
         try:
             if self.multimodal:
-                kw: dict[str, Any] = {"text": list(prompts), "padding": True, "return_tensors": "pt"}
-                if images:
-                    nested = self.resolved.spec.nested_images
-                    kw["images"] = [list(r) for r in images] if nested else [im for r in images for im in r]
-                enc = dict(self.processor(**kw))
+                kw: dict[str, Any] = {
+                    "text": list(prompts),
+                    "padding": True,
+                    "return_tensors": "pt",
+                    "add_special_tokens": add_special_tokens,
+                }
+                enc = self._process(kw, images)
             else:
-                enc = dict(tok(list(prompts), padding=True, return_tensors="pt", add_special_tokens=False))
+                enc = dict(tok(list(prompts), padding=True, return_tensors="pt", add_special_tokens=add_special_tokens))
         except InputError:
             raise
         except Exception as e:
@@ -208,8 +310,63 @@ class Model:
             ) from e
         finally:
             tok.padding_side = old_side
-        enc.pop("token_type_ids", None)
-        return enc
+        return self.forward_inputs(enc)
+
+    def _process(self, kw: dict[str, Any], images: Sequence[Sequence[Image.Image]]) -> dict[str, Any]:
+        """Call the processor with the images laid out as it wants them.
+
+        Processors differ: Qwen takes one flat list, LLaVA-OneVision one list per image-bearing row, Gemma 3 and
+        SmolVLM one list per row (empty for text-only rows). The layout that worked last (at first the spec's) is
+        tried first; on a processor error the others are tried, and the one that works is kept. If none works,
+        the error of the first is raised. (Layouts can only be told apart on batches that mix rows with and
+        without images, so a layout that works is not final.)
+        """
+        if not any(images):
+            return dict(self.processor(**kw))
+        layouts = {
+            "flat": [im for row in images for im in row],
+            "nested": [list(row) for row in images if row],
+            "per_row": [list(row) for row in images],
+        }
+        first = getattr(self, "_image_layout", None) or ("nested" if self.resolved.spec.nested_images else "flat")
+        order = [first, *(k for k in layouts if k != first)]
+        error: Exception | None = None
+        for name in order:
+            try:
+                enc = dict(self.processor(**kw, images=layouts[name]))
+            except Exception as e:
+                error = error or e
+                continue
+            self._image_layout = name
+            return enc
+        assert error is not None
+        raise error
+
+    def forward_inputs(self, enc: dict[str, Any]) -> dict[str, Any]:
+        """Keep the entries of ``enc`` the model's forward takes, its floating tensors cast to the model's dtype.
+
+        Dropped: a text tokenizer's ``token_type_ids`` where the forward does not take them, and ``labels`` (which
+        PaliGemma's processor adds, and which would make the forward compute a loss).
+        """
+        params = self.forward_params
+        dtype = self.dtype
+        out = {}
+        for k, v in enc.items():
+            if k in _NEVER_INPUTS or (k in _OPTIONAL_INPUTS and k not in params):
+                continue
+            if isinstance(v, Tensor) and v.is_floating_point() and v.dtype != dtype:
+                v = v.to(dtype)  # Llama 4's image processor returns bf16 pixel_values whatever the model's dtype
+            out[k] = v
+        return out
+
+    @property
+    def forward_params(self) -> set[str]:
+        """Names of the HF model's forward arguments."""
+        cached = getattr(self, "_forward_params", None)
+        if cached is None:
+            cached = set(inspect.signature(self.hf.forward).parameters)
+            self._forward_params = cached
+        return cached
 
     def image_token_mask(self, input_ids: Tensor) -> Tensor:
         """Return ``batch pos`` True at image tokens (all False for text LMs)."""
@@ -223,7 +380,44 @@ class Model:
 
         rule = self.resolved.spec.positions
         if rule == "mask_cumsum" or (rule == "mrope" and not has_images):
-            enc["position_ids"] = mask_positions(enc["attention_mask"])
+            pos = mask_positions(enc["attention_mask"])
+            offset = self.resolved.spec.position_offset
+            enc["position_ids"] = pos + offset if offset else pos
+
+
+#: inputs a tokenizer or processor may emit that only some models take
+_OPTIONAL_INPUTS = ("token_type_ids", "mm_token_type_ids")
+#: outputs of a processor that are never model inputs for feature capture
+_NEVER_INPUTS = ("labels",)
+
+
+def _names_image_token(processor: Any, tok: Any, image_token_id: int) -> bool:
+    """Whether the processor or its tokenizer names the config's image token (its placeholder may differ: a
+    processor may write ``<start_of_image>`` and expand it into the config's ``<image_soft_token>`` s)."""
+    token = tok.convert_ids_to_tokens(image_token_id)
+    if not isinstance(token, str) or image_token_id == getattr(tok, "unk_token_id", None):
+        return False
+    values: list[Any] = [getattr(tok, "image_token", None), getattr(tok, "image_token_id", None)]
+    extra = getattr(tok, "extra_special_tokens", None)
+    values += list(extra.values()) if isinstance(extra, dict) else list(extra or [])
+    for holder in (processor, tok):
+        values += [v for name, v in vars(holder).items() if "image" in name or "patch" in name or "img" in name]
+    for v in values:
+        if isinstance(v, str) and v and (v == token or token in v):
+            return True
+        if isinstance(v, int) and not isinstance(v, bool) and v == image_token_id:
+            return True
+    return False
+
+
+def _resolve(hf: nn.Module, spec: ModelSpec | None) -> ResolvedSpec:
+    """Bind the user's spec, else a registered one, else one inferred from the model; validate it."""
+    if spec is not None:
+        return resolve_spec(spec, hf, source="user")
+    found = registered_spec_for(hf)
+    if found is not None:
+        return resolve_spec(found[0], hf, source=found[1])
+    return resolve_spec(spec_for(hf), hf, source="inferred")
 
 
 def wrap(

@@ -6,7 +6,6 @@ whatever order you declare them in, positions are sliced inside the hook (no ful
 unless asked for), and ``t.cache`` holds every saved tensor with its dims.
 """
 
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -435,7 +434,7 @@ def _execute(
     with torch.no_grad(), env.trace(**inputs) as tracer:
         # the body runs in a plain function: nnsight executes a with-block's own code against a dict scope
         # (every name a dict lookup, globals after a KeyError), which cost ~0.3 ms per trace on small models
-        _interleave(env, plan, batch, model.sizes, selections, raw, req_index, applied)
+        _interleave(env, plan, batch, model.sizes, selections, raw, req_index, applied, model.resolved.spec.fused_qkv)
         if stop_at_layer is not None:
             tracer.stop()
         elif logits_mode is not None:
@@ -468,6 +467,7 @@ def _interleave(
     raw: list[dict[str, Tensor]],
     req_index: dict[int, int],
     applied: list[Edit],
+    fused: bool = False,
 ) -> None:
     """Inside the trace: read each planned module access in execution order, apply edits, save slices."""
     for read in plan:
@@ -481,8 +481,12 @@ def _interleave(
             _, template = split_name(name)
             if template == "blocks.{l}.attn.hook_pattern":
                 x = value[1]
+            elif fused and template in _QKV_PART:
+                x = _qkv_part(value, template, sizes)
             elif read.kind == "output" or template in ("hook_embed", "blocks.{l}.hook_resid_pre"):
                 x = _first(value)
+                if x.ndim == 2 and template == "blocks.{l}.hook_mlp_out":  # an MoE (Llama 4) flattens the tokens
+                    x = x.view(batch.size, -1, x.shape[-1])
             else:
                 x = value
             if not name.startswith("vision_") and req.positions != "all":
@@ -492,6 +496,16 @@ def _interleave(
             if req.device is not None or req.dtype is not None:
                 x = x.to(device=req.device, dtype=req.dtype)
             raw[req_index[id(req)]][name] = x.save()
+
+
+_QKV_PART = ("blocks.{l}.attn.hook_q", "blocks.{l}.attn.hook_k", "blocks.{l}.attn.hook_v")
+
+
+def _qkv_part(qkv: Tensor, template: str, sizes: Any) -> Tensor:
+    """Split q, k or v out of a fused projection's output (q, then k, then v along the last axis)."""
+    nq, nkv = sizes.n_heads * sizes.d_head, sizes.n_kv_heads * sizes.d_head
+    start, width = {_QKV_PART[0]: (0, nq), _QKV_PART[1]: (nq, nkv), _QKV_PART[2]: (nq + nkv, nkv)}[template]
+    return qkv[..., start : start + width]
 
 
 def _read_logits(env: Any, logits_mode: LogitsMode, last: Tensor, box: list[Tensor]) -> None:
@@ -573,20 +587,12 @@ def _model_inputs(model: Model, batch: Batch, logits_mode: LogitsMode) -> dict[s
             if v.is_floating_point():
                 v = v.to(dtype)
         out[k] = v
-    params = _forward_params(model)
+    params = model.forward_params
     if "use_cache" in params:
         out["use_cache"] = False
     if logits_mode != "all" and batch.padding_side == "left" and "logits_to_keep" in params:
         out["logits_to_keep"] = 1
     return out
-
-
-def _forward_params(model: Model) -> set[str]:
-    cached = getattr(model, "_forward_params", None)
-    if cached is None:
-        cached = set(inspect.signature(model.hf.forward).parameters)
-        model._forward_params = cached  # type: ignore[attr-defined]
-    return cached
 
 
 __all__ = ["Handle", "Trace", "run_with_cache", "trace"]

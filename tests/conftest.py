@@ -11,7 +11,7 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 import savlens  # noqa: E402
-from savlens.testing.tiny import FAMILIES, build_tiny, sample_images  # noqa: E402
+from savlens.testing.tiny import ALL_FAMILIES, FAMILIES, RECIPES, build_tiny, sample_images  # noqa: E402
 
 VLM_FAMILIES = ("llava_onevision", "qwen2_vl", "qwen2_5_vl")
 
@@ -23,21 +23,37 @@ def tiny(family: str, attn: str = "sdpa", dtype: torch.dtype = torch.float32, se
     return savlens.wrap(tm.model, tm.processor, model_id=f"tiny-{family}")
 
 
+def recipe_of(model: savlens.Model):  # noqa: ANN201
+    """The tiny recipe a model of :func:`tiny` was built from."""
+    return RECIPES[model.model_id.removeprefix("tiny-")]
+
+
 def mixed_examples(model: savlens.Model) -> list[savlens.Example]:
-    """Three examples of different lengths; for VLMs two image sizes and one text-only row."""
-    imgs = sample_images(2, seed=1, sizes=((64, 64), (48, 100)))
+    """Three examples of different lengths; for VLMs two image sizes and a text-only row (where the family
+    accepts one in a batch with images; otherwise a third image row)."""
     texts = [
         "what color is the circle ?",
         "is there a red shape in the picture and what else is there ?",
         "hello",
     ]
     if model.multimodal:
+        rec = recipe_of(model)
+        imgs = sample_images(3, seed=1, sizes=rec.image_sizes)
+        last = savlens.Example(texts[2], id="c")
+        if not rec.text_only_rows:
+            last = savlens.Example(texts[2], images=[imgs[2]], id="c")
         return [
             savlens.Example(texts[0], images=[imgs[0]], id="a"),
             savlens.Example(texts[1], images=[imgs[1]], id="b"),
-            savlens.Example(texts[2], id="c"),
+            last,
         ]
     return [savlens.Example(t, id=i) for t, i in zip(texts, "abc")]
+
+
+@pytest.fixture(params=ALL_FAMILIES)
+def any_family(request: pytest.FixtureRequest) -> str:
+    """Every family with a tiny recipe (the model-contract tests)."""
+    return request.param
 
 
 @pytest.fixture(params=FAMILIES)

@@ -255,10 +255,20 @@ def _(env: Env) -> Call:
     return _image_case(env, [Image.fromarray(np.full((20, 20), 0.5, np.float32))])
 
 
-@bad("numpy array as an image", InputError, r"image 0 of example 'arr' is a ndarray", r"PIL\.Image\.fromarray")
+@bad(
+    "channel-first numpy array as an image",
+    InputError,
+    r"image 0 of example 'arr'.*got shape \(3, 8, 8\)",
+    r"transpose\(1, 2, 0\)",
+)
+def _(env: Env) -> Call:
+    return Call(lambda: Example("hi", images=[np.zeros((3, 8, 8), np.uint8)], id="arr").load_images())
+
+
+@bad("a list as an image", InputError, r"image 0 of example 'lst' is a list", r"uint8 numpy array")
 def _(env: Env) -> Call:
     env.untyped()
-    return Call(lambda: Example("hi", images=[np.zeros((8, 8, 3), np.uint8)], id="arr"))
+    return Call(lambda: Example("hi", images=[[1, 2, 3]], id="lst"))
 
 
 @bad("image given to a text-only model", InputError, r"has 1 image\(s\) but .* text-only", r"drop the images or load")
@@ -552,8 +562,8 @@ def _(env: Env) -> Call:
 @bad(
     "a model without an output projection",
     ModelSpecError,
-    r"layer 0 has no module 'self_attn\.o_proj'",
-    r"pass savlens\.wrap a spec=",
+    r"cannot infer the decoder layers of LlamaForCausalLM.*output projection \(o_proj/out_proj",
+    r"savlens\.wrap\(model, processor, spec=",
 )
 def _(env: Env) -> Call:
     tm = build_tiny("llama")

@@ -14,8 +14,8 @@ from savlens.causal import (
 )
 from savlens.extraction import extract
 from savlens.heads import HeadSet
-from savlens.testing.tiny import sample_images
 from savlens.sav import SAV
+from savlens.testing.tiny import sample_images
 
 ANSWERS = {"yes": "yes", "no": "no"}
 

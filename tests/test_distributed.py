@@ -10,8 +10,8 @@ import torch.multiprocessing as mp
 
 import savlens
 from savlens.extraction import extract
-from savlens.testing.tiny import build_tiny, sample_images
 from savlens.store import open_store
+from savlens.testing.tiny import build_tiny, sample_images
 
 
 def _examples() -> list[savlens.Example]:

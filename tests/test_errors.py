@@ -63,7 +63,7 @@ def test_positions_that_do_not_exist() -> None:
 def test_image_given_to_text_only_model() -> None:
     model = tiny("mistral")
     ex = savlens.Example("what is this ?", images=sample_images(1))
-    with pytest.raises(InputError, match=r"has 1 image\(s\) but decoder_lm model 'tiny-mistral' is a text-only"):
+    with pytest.raises(InputError, match=r"has 1 image\(s\) but mistral model 'tiny-mistral' is a text-only"):
         savlens.Batch.from_examples(model, [ex])
 
 

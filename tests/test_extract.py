@@ -11,8 +11,8 @@ import savlens
 import savlens.extraction as extract_mod
 from savlens.errors import HookNameError, InputError, StoreError
 from savlens.extraction import extract
-from savlens.testing.tiny import sample_images
 from savlens.store import open_store
+from savlens.testing.tiny import sample_images
 
 
 def _examples(n: int = 14, images: bool = True) -> list[savlens.Example]:

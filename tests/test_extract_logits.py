@@ -13,8 +13,8 @@ import savlens.extraction as extract_mod
 from savlens import HeadFeatures
 from savlens.errors import ArgumentError, FeatureError, StoreError
 from savlens.extraction import extract
-from savlens.testing.tiny import sample_images
 from savlens.store import open_store
+from savlens.testing.tiny import sample_images
 
 TOKENS = [7, 3, 120, 41]  # out of id order on purpose: columns follow this order
 

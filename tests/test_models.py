@@ -152,5 +152,6 @@ def test_user_registered_spec_for_any_module() -> None:
             register(spec)
     finally:
         unregister("toy")
-    with pytest.raises(UnsupportedModelError):
+    # unregistered, the toy's names (attn.q/k/v/out in `stack`, `ff`) are not ones inference knows: a named error
+    with pytest.raises(ModelSpecError, match=r"cannot infer the decoder layers of ToyLM.*lists seen: stack \(2\)"):
         spec_for(toy)

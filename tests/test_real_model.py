@@ -20,7 +20,7 @@ def _batch() -> savlens.Batch:
 def test_load_by_name_gives_the_real_grid() -> None:
     model = smol()
     s = model.sizes
-    assert (model.family, model.model_id) == ("decoder_lm", "smollm2-135m")
+    assert (model.family, model.model_id) == ("llama", "smollm2-135m")
     assert (s.n_layers, s.n_heads, s.n_kv_heads, s.d_head, s.d_model) == (30, 9, 3, 64, 576)
     assert [s.kv_head_of(h) for h in (0, 2, 3, 8)] == [0, 0, 1, 2]
 

@@ -9,8 +9,8 @@ from conftest import tiny
 import savlens
 from savlens.errors import StoreError
 from savlens.extraction import extract
-from savlens.testing.tiny import sample_images
 from savlens.sav import SAV
+from savlens.testing.tiny import sample_images
 
 
 def _examples(n: int, seed: int) -> list[savlens.Example]:

@@ -13,8 +13,8 @@ import transformers
 import savlens
 from savlens import SAV, HeadFeatures, extract, open_store
 from savlens.errors import StoreError, UnsupportedModelError
-from savlens.testing.tiny import build_tiny
 from savlens.store import _shard_path
+from savlens.testing.tiny import build_tiny
 
 PACKAGE = Path(savlens.__file__).parent
 UNSAFE_MODULES = {"pickle", "cPickle", "_pickle", "dill", "joblib", "cloudpickle", "shelve", "marshal"}
@@ -170,7 +170,7 @@ def test_load_never_trusts_remote_code_by_default(checkpoint: Path, monkeypatch:
         ],
     )
     model = savlens.load(str(checkpoint))
-    assert model.family == "decoder_lm"
+    assert model.family == "llama"
     assert {name for name, _ in calls} == {"AutoConfig", "LlamaForCausalLM", "AutoTokenizer"}
     assert all(kw.get("trust_remote_code") is False for _, kw in calls), calls
     calls.clear()

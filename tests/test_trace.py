@@ -2,12 +2,20 @@
 
 import pytest
 import torch
-from conftest import VLM_FAMILIES, mixed_examples, tiny
+from conftest import mixed_examples, tiny
 
 import savlens
 import savlens.testing.tiny
 from savlens.names import HOOKS, all_names
 from savlens.positions import select_positions
+
+ALL_VLMS = tuple(f for f in savlens.testing.tiny.ALL_FAMILIES if savlens.testing.tiny.RECIPES[f].vlm)
+
+
+@pytest.fixture(params=savlens.testing.tiny.ALL_FAMILIES)
+def family(request: pytest.FixtureRequest) -> str:
+    """The activation contract runs on every family with a tiny recipe."""
+    return request.param
 
 
 def _batch(model: savlens.Model, **kw: object) -> savlens.Batch:
@@ -124,7 +132,8 @@ def test_every_registered_name_fires_with_declared_dims(family: str) -> None:
         if path is not None:
 
             def grab(m: object, a: object, out: object, name: str = name) -> None:
-                seen[name] = (out[0] if isinstance(out, tuple) else out).clone()  # type: ignore[union-attr,index]
+                v = out[0] if isinstance(out, tuple) else getattr(out, "last_hidden_state", out)
+                seen[name] = v.clone()  # type: ignore[union-attr]
 
             hooks.append(model.module(path).register_forward_hook(grab))
     try:
@@ -179,14 +188,24 @@ def test_hook_embed_is_resid_pre_zero_and_resid_chain(family: str) -> None:
         )
     c = t.cache
     assert torch.equal(c["hook_embed"], c["blocks.0.hook_resid_pre"])
+    # Qwen3-VL adds its deepstack visual features to the image tokens' residual after the first layers
+    deepstack = getattr(getattr(model.hf.config, "vision_config", None), "deepstack_visual_indexes", None) or []
+    keep = ~batch.image_mask[..., None] if deepstack else torch.ones_like(batch.image_mask[..., None])
     for layer in range(model.n_layers - 1):
-        assert torch.equal(c[f"blocks.{layer}.hook_resid_post"], c[f"blocks.{layer + 1}.hook_resid_pre"])
-    # Llama-style block: resid_post = resid_pre + attn_out + mlp_out
+        post, pre = c[f"blocks.{layer}.hook_resid_post"], c[f"blocks.{layer + 1}.hook_resid_pre"]
+        assert torch.equal(post * keep, pre * keep)
+        if deepstack and layer < len(deepstack):
+            assert not torch.equal(post, pre)  # the addition is real, and only at image tokens
+    # Llama-style block: resid_post = resid_pre + attn_out + mlp_out; with post-norms (Gemma 2/3, GLM-4V) the
+    # block normalises each sublayer's output before adding it, so the sum does not hold (docs/models.md)
     for layer in range(model.n_layers):
         got = (
             c[f"blocks.{layer}.hook_resid_pre"] + c[f"blocks.{layer}.hook_attn_out"] + c[f"blocks.{layer}.hook_mlp_out"]
         )
-        torch.testing.assert_close(got, c[f"blocks.{layer}.hook_resid_post"], atol=1e-5, rtol=1e-5)
+        if model.resolved.spec.post_norms:
+            assert (got - c[f"blocks.{layer}.hook_resid_post"]).abs().max() > 1e-2
+        else:
+            torch.testing.assert_close(got, c[f"blocks.{layer}.hook_resid_post"], atol=1e-5, rtol=1e-5)
 
 
 # 4. positions ------------------------------------------------------------------------------------
@@ -227,7 +246,7 @@ def test_explicit_indices_count_within_each_row(family: str) -> None:
     assert full.value.shape[1] == batch.seq_len
 
 
-@pytest.mark.parametrize("family", VLM_FAMILIES)
+@pytest.mark.parametrize("family", ALL_VLMS)
 def test_image_and_text_positions_are_ragged_with_mask(family: str) -> None:
     model = tiny(family)
     batch = _batch(model)
@@ -239,7 +258,8 @@ def test_image_and_text_positions_are_ragged_with_mask(family: str) -> None:
     assert e.positions == "all"  # the last save of a name wins in the cache; handles keep their own
     counts = batch.image_mask.sum(-1)
     assert img.value.shape[1] == int(counts.max())
-    assert counts[2] == 0  # the text-only row
+    text_only = savlens.testing.tiny.RECIPES[family].text_only_rows
+    assert (counts[2] == 0) == text_only  # the text-only row (an image row where the family refuses one)
     for b in range(batch.size):
         n = int(counts[b])
         want = full.value[b][batch.image_mask[b]]
@@ -267,7 +287,7 @@ def test_batch_invariance_fp32(family: str) -> None:
     model = tiny(family)
     exs = mixed_examples(model)
     batch = savlens.Batch.from_examples(model, exs)
-    assert len(set(batch.lengths.tolist())) == 3  # really mixed lengths
+    assert len(set(batch.lengths.tolist())) >= 2  # really mixed lengths
     with savlens.trace(model, batch) as t:
         z = t.save("blocks.*.attn.hook_z")
     single = _single_rows(model, exs)
@@ -320,7 +340,7 @@ def test_repeated_traces_are_independent() -> None:
     assert torch.equal(vals[0], vals[1]) and torch.equal(vals[1], vals[2])
 
 
-@pytest.mark.parametrize("family", VLM_FAMILIES)
+@pytest.mark.parametrize("family", ALL_VLMS)
 def test_multi_image_row_in_a_batch(family: str) -> None:
     model = tiny(family)
     imgs = savlens.testing.tiny.sample_images(3, seed=4)
@@ -329,6 +349,10 @@ def test_multi_image_row_in_a_batch(family: str) -> None:
         savlens.Example("what color is it ?", images=[imgs[2]], id="one"),
         savlens.Example("hi", id="none"),
     ]
+    if not savlens.testing.tiny.RECIPES[family].text_only_rows:
+        with pytest.raises(savlens.errors.InputError, match="cannot mix text-only rows"):
+            savlens.Batch.from_examples(model, exs)
+        exs = exs[:2]
     batch = savlens.Batch.from_examples(model, exs)
     for i, ex in enumerate(exs):
         alone = savlens.Batch.from_examples(model, [ex])

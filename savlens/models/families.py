@@ -79,4 +79,18 @@ TINY_VLM = ModelSpec(
     projector_dims=("vision_batch", "vision_pos", "d_model"),
 )
 
-BUILTIN = (DECODER_LM, LLAVA_ONEVISION, QWEN2_VL, QWEN2_5_VL, TINY_VLM)
+#: Specs consulted before inference: only where inference cannot decide (the tiny VLM's vision hook is the CNN's
+#: output grid, not its last block).
+BUILTIN = (TINY_VLM,)
+
+#: Hand-written specs of families that inference now serves; kept as the reference the inferred paths are tested
+#: against (tests/test_families.py).
+REFERENCE = (DECODER_LM, LLAVA_ONEVISION, QWEN2_VL, QWEN2_5_VL)
+
+
+#: What inference cannot read off a model, by ``config.model_type``: applied to the inferred spec.
+#: PaliGemma counts positions from 1, and its processor corrupts a text-only row in a batch with images (it
+#: splices ``<bos>`` into the row's text), so savlens refuses such batches.
+FAMILY_FACTS: dict[str, dict[str, object]] = {
+    "paligemma": {"position_offset": 1, "text_rows_with_images": False},
+}

@@ -34,17 +34,35 @@ def registered() -> list[ModelSpec]:
     return list(_REGISTRY)
 
 
-def spec_for(model: nn.Module) -> ModelSpec:
-    """Return the spec that serves ``model``, or raise :class:`UnsupportedModelError`."""
+def registered_spec_for(model: nn.Module) -> tuple[ModelSpec, str] | None:
+    """The registered spec that serves ``model`` and where it comes from (``"user"`` or ``"built-in"``)."""
     name = type(model).__name__
     for spec in _REGISTRY:
-        if spec.matches is not None and spec.matches(model):
-            return spec
-        if name in spec.classes:
-            return spec
+        if (spec.matches is not None and spec.matches(model)) or name in spec.classes:
+            return spec, ("built-in" if any(spec is b for b in BUILTIN) else "user")
+    return None
+
+
+def spec_for(model: nn.Module) -> ModelSpec:
+    """Return the spec that serves ``model``: a registered one (user specs first), else one inferred from the
+    model's module tree and config (:func:`savlens.models.infer_spec`).
+
+    Raises:
+        UnsupportedModelError: ``model`` is not an HF-style model (no ``config``) and no spec is registered.
+        ModelSpecError: inference cannot find a role (the message names it).
+    """
+    found = registered_spec_for(model)
+    if found is not None:
+        return found[0]
+    name = type(model).__name__
+    if getattr(model, "config", None) is not None:
+        from savlens.models.infer import infer_spec
+
+        return infer_spec(model)
     known = sorted({c for s in _REGISTRY for c in s.classes})
     raise UnsupportedModelError(
-        f"no savlens spec for {name}. Supported classes: {', '.join(known)}. For another model, describe "
+        f"no savlens spec for {name}, and it has no HF .config to infer one from. Registered classes: "
+        f"{', '.join(known)}. For another model, describe "
         "where its blocks and attention output projection live with savlens.models.ModelSpec and "
         "savlens.models.register(spec) (docs: adding a model)."
     )

@@ -59,6 +59,16 @@ class ModelSpec:
         image_item: the chat-message content item that stands for one image.
         nested_images: the processor takes images as one list per image-bearing row (LLaVA-OV: a flat
             list would treat the images of a multi-image row as separate single images).
+        fused_qkv: ``q_proj``, ``k_proj`` and ``v_proj`` name one fused projection (Phi-3's ``qkv_proj``) whose
+            output is q, k and v concatenated; ``hook_q/k/v`` are split out of it by the config's sizes.
+        post_norms: the block normalises each sublayer's output before adding it to the residual (Gemma 2 / 3,
+            GLM-4V); ``hook_attn_out`` / ``hook_mlp_out`` stay the outputs of ``o_proj`` / the MLP, so
+            ``resid_pre + attn_out + mlp_out != resid_post`` there.
+        position_offset: the first position id of a sequence (PaliGemma counts from 1; 0 elsewhere).
+        text_rows_with_images: the processor accepts a text-only row in a batch with images (PaliGemma's does
+            not: it splices its BOS into the text of such a row).
+        raw_image_text: the text for one image in a raw (``chat=False``) prompt (None: what the chat template
+            writes for an image item).
         matches: optional extra predicate ``model -> bool`` (for user specs of custom modules).
     """
 
@@ -82,6 +92,11 @@ class ModelSpec:
     projector_dims: tuple[str, ...] = ("vision_batch", "vision_pos", "d_model")
     image_item: dict[str, Any] = field(default_factory=lambda: {"type": "image"})
     nested_images: bool = False
+    fused_qkv: bool = False
+    post_norms: bool = False
+    position_offset: int = 0
+    text_rows_with_images: bool = True
+    raw_image_text: str | None = None
     matches: Callable[[nn.Module], bool] | None = None
 
     @property
@@ -116,8 +131,11 @@ class ModelSpec:
             ) from None
 
     def image_token_id(self, config: Any) -> int | None:
+        """The image-token id: the first of :attr:`image_token_attr` (dotted paths allowed) set in ``config``."""
         for attr in self.image_token_attr:
-            v = getattr(config, attr, None)
+            v: Any = config
+            for seg in attr.split("."):
+                v = getattr(v, seg, None)
             if v is not None:
                 return int(v)
         return None
@@ -165,6 +183,7 @@ class ResolvedSpec:
     vision_encoder: str | None
     vision_projector: str | None
     image_token_id: int | None
+    source: str = "built-in"
 
     @property
     def family(self) -> str:
@@ -180,7 +199,7 @@ class ResolvedSpec:
         return f"{base}.{getattr(self.spec, role)}" if role else base
 
 
-def resolve_spec(spec: ModelSpec, model: nn.Module) -> ResolvedSpec:
+def resolve_spec(spec: ModelSpec, model: nn.Module, *, source: str = "built-in") -> ResolvedSpec:
     """Bind ``spec`` to ``model`` and check that they agree (paths exist, sizes match the modules).
 
     Raises:
@@ -213,6 +232,9 @@ def resolve_spec(spec: ModelSpec, model: nn.Module) -> ResolvedSpec:
             "k_proj": (sizes.d_model, sizes.n_kv_heads * sizes.d_head),
             "v_proj": (sizes.d_model, sizes.n_kv_heads * sizes.d_head),
         }
+        if spec.fused_qkv:  # one projection: q, then k, then v along the output features
+            del want["k_proj"], want["v_proj"]
+            want["q_proj"] = (sizes.d_model, (sizes.n_heads + 2 * sizes.n_kv_heads) * sizes.d_head)
         for role, (fin, fout) in want.items():
             mod = get_path(layers[layer], getattr(spec, role))
             got = (getattr(mod, "in_features", None), getattr(mod, "out_features", None))
@@ -239,4 +261,4 @@ def resolve_spec(spec: ModelSpec, model: nn.Module) -> ResolvedSpec:
         raise ModelSpecError(
             f"spec {spec.family!r}: the config has none of {list(spec.image_token_attr)} (the image-token id)."
         )
-    return ResolvedSpec(spec, sizes, blocks, final_norm, unembed, venc, vproj, image_token_id)
+    return ResolvedSpec(spec, sizes, blocks, final_norm, unembed, venc, vproj, image_token_id, source)

@@ -128,7 +128,7 @@ def llava_onevision(n_layers: int) -> Parts:
     return Parts(cfg, LlavaOnevisionForConditionalGeneration, proc, tok)
 
 
-def _qwen_ids(tok: Any) -> dict[str, int]:
+def _qwen_ids(tok: Any) -> dict[str, Any]:
     ids = tok.get_vocab().__getitem__
     return dict(
         image_token_id=ids("<|image_pad|>"),

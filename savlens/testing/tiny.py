@@ -103,7 +103,9 @@ def build_tiny(
     fseed = (seed * 1_000_003 + zlib.crc32(family.encode())) % 2**63
     with torch.random.fork_rng(devices=[]):  # HF init draws from the global RNG; keep the caller's state
         torch.manual_seed(fseed)
-        model = model_cls._from_config(cfg, attn_implementation=attn_implementation, dtype=dtype)
+        model = model_cls._from_config(  # type: ignore[attr-defined]
+            cfg, attn_implementation=attn_implementation, dtype=dtype
+        )
     # VLM configs keep eos/pad in text_config only; make generate() stop and pad like the tokenizer
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id

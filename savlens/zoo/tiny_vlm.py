@@ -370,7 +370,8 @@ class TinyVLMProcessor:
                 f"{len(flat)} image(s) were given."
             )
         expanded = [t.replace(self.image_token, self.image_token * self.num_image_tokens) for t in texts]
-        enc = self.tokenizer(expanded, padding=padding, return_tensors=return_tensors, add_special_tokens=False)
+        add_special = bool(kwargs.get("add_special_tokens", False))
+        enc = self.tokenizer(expanded, padding=padding, return_tensors=return_tensors, add_special_tokens=add_special)
         data = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
         if flat:
             data["pixel_values"] = self.image_processor(flat)["pixel_values"]
