@@ -255,6 +255,18 @@ def test_check_runs_the_activation_api_check(capsys: pytest.CaptureFixture[str])
     assert run(capsys, "check", "--families", "gpt9")[0] == 2
 
 
+def test_check_model_prints_what_was_inferred(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from savlens.testing.tiny import build_tiny
+
+    tm = build_tiny("gemma3_text")
+    tm.model.save_pretrained(tmp_path / "ckpt")
+    tm.tokenizer.save_pretrained(tmp_path / "ckpt")
+    payload = run_json(capsys, "check", "--model", str(tmp_path / "ckpt"))
+    assert payload["class"] == "Gemma3ForCausalLM" and payload["spec source"] == "inferred"
+    assert payload["decoder layers"] == "model.layers (3)" and payload["final norm"] == "model.norm"
+    assert payload["output projection (hook_z)"] == "model.layers.{l}.self_attn.o_proj"
+
+
 def test_the_demo_numbers_are_computed_not_written_in(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     """Re-derive the demo's SAV accuracy from an independent extraction of the same split."""
     from savlens.cli import load_model

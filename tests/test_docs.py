@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import savlens
 import savlens.errors as E
 from savlens.names import hooks_markdown
 
@@ -21,3 +22,19 @@ def test_every_error_class_has_a_page_linked_from_its_message() -> None:
         assert page.read_text().startswith(f"# {name}")
         assert f"({cls.page}.md)" in index
         assert f"/errors/{cls.page}/" in str(cls("x"))
+
+
+def test_model_coverage_table_is_rendered_from_its_json_and_still_true() -> None:
+    import json
+
+    from savlens.testing.coverage import JSON_PATH, coverage_markdown, facts
+    from savlens.testing.tiny import ALL_FAMILIES, build_tiny
+
+    data = json.loads(JSON_PATH.read_text())
+    assert coverage_markdown(data) in (DOCS / "models.md").read_text()
+    assert [r["family"] for r in data["families"]] == list(ALL_FAMILIES)
+    for r in data["families"]:
+        tm = build_tiny(r["family"])
+        now = facts(savlens.wrap(tm.model, tm.processor))
+        assert now == {k: r[k] for k in now}, r["family"]
+        assert r["fp32_sdpa"] <= 2e-5 and r["bf16_eager"] == 0.0, r["family"]

@@ -94,11 +94,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     """Run ``savlens check``: the activation-API check on a tiny model of each family; exit 1 on a mismatch."""
     from savlens.demo import check_family, check_table
-    from savlens.testing.tiny import FAMILIES
+    from savlens.testing.tiny import ALL_FAMILIES
 
-    unknown = [f for f in args.families if f not in FAMILIES]
+    if args.model is not None:
+        from savlens.loading import load
+
+        report = load(args.model).spec_report()
+        emit(args, report.to_dict(), str(report))
+        return EXIT_OK
+    unknown = [f for f in args.families if f not in ALL_FAMILIES]
     if unknown:
-        raise UsageError(f"--families: unknown {unknown}; choose from {list(FAMILIES)}.")
+        raise UsageError(f"--families: unknown {unknown}; choose from {list(ALL_FAMILIES)}.")
     rows = [check_family(f, args.repeats) for f in args.families]
     emit(args, {"families": rows}, check_table(rows))
     return EXIT_OK if all(r["logits_equal"] for r in rows) else EXIT_ERROR

@@ -169,9 +169,13 @@ def _check(add: _Add) -> None:
         "check",
         "per-family activation-API check on tiny models",
         "Trace a padded mixed batch on a tiny random model of each family: logits under the trace vs a plain "
-        "HF forward, batched vs one-by-one hook_z, trace overhead. Exit 1 if any logits differ.",
+        "HF forward, batched vs one-by-one hook_z, trace overhead. Exit 1 if any logits differ. With --model, "
+        "print what savlens inferred about that model instead (paths by role, sizes, positions, image token).",
     )
-    p.add_argument("--families", nargs="+", default=list(FAMILIES), help="families to check")
+    p.add_argument(
+        "--families", nargs="+", default=list(FAMILIES), help="families to check (any of savlens.testing.tiny)"
+    )
+    p.add_argument("--model", default=None, help="a checkpoint (hub id, local folder, zoo name): show its spec report")
     p.add_argument("--repeats", type=int, default=30, help="timed repeats per family (median reported)")
     _output_options(p)
     p.set_defaults(func=cmd_check)
