@@ -144,6 +144,8 @@ class Recipe:
         image_sizes: ``(width, height)`` of the test images; two different sizes where the family allows it.
         peaked_std: std of the re-drawn >= 2-D weights (None: keep HF's init).
         notes: what is special about the family's inputs (shown in the coverage table).
+        hybrid: the decoder layers are not all softmax attention (linear attention, convolution,
+            cross-attention), or their head sizes differ by layer.
     """
 
     family: str
@@ -153,6 +155,7 @@ class Recipe:
     image_sizes: tuple[tuple[int, int], ...] = ((64, 64), (48, 100))
     peaked_std: float | None = 0.15
     notes: str = ""
+    hybrid: bool = False
 
 
 RECIPES: dict[str, Recipe] = {}

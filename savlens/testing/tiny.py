@@ -32,7 +32,7 @@ from savlens.testing._base import LLAVA_PINPOINTS, QWEN_MAX_PIXELS, QWEN_MIN_PIX
 from savlens.testing._core import RECIPES, Recipe
 
 # the recipe modules register themselves in RECIPES on import
-for _mod in ("_fam_llava", "_fam_mrope", "_fam_misc"):
+for _mod in ("_fam_llava", "_fam_mrope", "_fam_misc", "_fam_hybrid"):
     try:
         importlib.import_module(f"savlens.testing.{_mod}")
     except ModuleNotFoundError as _e:
@@ -42,6 +42,7 @@ for _mod in ("_fam_llava", "_fam_mrope", "_fam_misc"):
 __all__ = [
     "ALL_FAMILIES",
     "FAMILIES",
+    "HYBRID_FAMILIES",
     "LLAVA_PINPOINTS",
     "QWEN_MAX_PIXELS",
     "QWEN_MIN_PIXELS",
@@ -59,8 +60,10 @@ TEXT_FAMILIES = ("llama", "qwen2", "mistral")
 VLM_FAMILIES = ("llava_onevision", "qwen2_vl", "qwen2_5_vl")
 #: the families the whole test suite runs on
 FAMILIES = TEXT_FAMILIES + VLM_FAMILIES
-#: every family with a recipe
-ALL_FAMILIES = tuple(RECIPES)
+#: every family with a recipe whose decoder layers are all softmax attention of one head size
+ALL_FAMILIES = tuple(f for f, r in RECIPES.items() if not r.hybrid)
+#: families whose layers differ (linear attention, convolution, cross-attention, per-layer head sizes)
+HYBRID_FAMILIES = tuple(f for f, r in RECIPES.items() if r.hybrid)
 
 PEAKED_STD = 0.15
 
