@@ -46,6 +46,9 @@ from transformers import (
 
 from savlens.testing._core import CHATML_SPECIALS, ROPE, Parts, chatml_template, recipe, text_sizes, word_tokenizer
 
+#: what an image item renders to in a text LM's template
+NO_IMAGE = "{{ raise_exception('this tiny text model has no image token') }}"
+
 
 def _ids(tok: Any) -> Any:
     """``token -> id`` that raises KeyError (not silently ``[UNK]``) for a token the tokenizer lacks."""
@@ -120,7 +123,7 @@ def qwen3_5(n_layers: int) -> Parts:
     notes="Gated DeltaNet `linear_attn` layers (0, 2) + gated full attention (1); 1-D RoPE (partial rotary)",
 )
 def qwen3_5_text(n_layers: int) -> Parts:
-    tok = word_tokenizer(CHATML_SPECIALS, chat_template=chatml_template("", ""))
+    tok = word_tokenizer(CHATML_SPECIALS, chat_template=chatml_template(NO_IMAGE, NO_IMAGE))
     text = _qwen35_text(tok, n_layers)
     text["rope_parameters"] = dict(ROPE, partial_rotary_factor=0.5)
     return Parts(Qwen3_5TextConfig(**text), Qwen3_5ForCausalLM, tok, tok)
@@ -131,6 +134,7 @@ def qwen3_5_text(n_layers: int) -> Parts:
 LFM2_SPECIALS = ["<|pad|>", "<|startoftext|>", "<|im_start|>", "<|im_end|>"]
 #: LFM2's chat format: ``<|startoftext|><|im_start|>user\n...<|im_end|>\n<|im_start|>assistant\n``
 LFM2_TEMPLATE = "{{ bos_token }}" + chatml_template("<image>", "")
+LFM2_TEXT_TEMPLATE = "{{ bos_token }}" + chatml_template(NO_IMAGE, NO_IMAGE)
 
 
 def _lfm2_text(tok: Any, n_layers: int) -> dict[str, Any]:
@@ -148,10 +152,10 @@ def _lfm2_text(tok: Any, n_layers: int) -> dict[str, Any]:
     )
 
 
-def _lfm2_tokenizer(extra: list[str] = [], **kw: Any) -> Any:  # noqa: B006 - read only
+def _lfm2_tokenizer(extra: list[str] = [], template: str = LFM2_TEXT_TEMPLATE, **kw: Any) -> Any:  # noqa: B006
     return word_tokenizer(
         LFM2_SPECIALS + extra,
-        chat_template=LFM2_TEMPLATE,
+        chat_template=template,
         eos="<|im_end|>",
         pad="<|pad|>",
         bos="<|startoftext|>",
@@ -189,7 +193,9 @@ LFM2_VL_TILES = [f"<|img_row_{r}_col_{c}|>" for r in range(1, 5) for c in range(
     "NaFlex tower (`pixel_attention_mask`, `spatial_shapes`)",
 )
 def lfm2_vl(n_layers: int) -> Parts:
-    tok = _lfm2_tokenizer(list(LFM2_VL_MM.values()) + LFM2_VL_TILES, extra_special_tokens=LFM2_VL_MM)
+    tok = _lfm2_tokenizer(
+        list(LFM2_VL_MM.values()) + LFM2_VL_TILES, template=LFM2_TEMPLATE, extra_special_tokens=LFM2_VL_MM
+    )
     ids = _ids(tok)
     max_tokens = 16
     cfg = Lfm2VlConfig(
@@ -247,6 +253,8 @@ MLLAMA_TEMPLATE = (
     "{% endfor %}{% endif %}<|eot_id|>{% endfor %}"
     "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
 )
+# Mllama's cross-attention layers are tanh-gated by 1-element parameters that HF initialises to 0 and peaked
+# weights leave alone (1-D): as built, a cross-attention layer adds nothing to the residual stream.
 # Mllama: 32x32 tiles in 8x8 patches (16 patches + a class token per tile), up to 4 tiles per image
 MLLAMA_TILE, MLLAMA_PATCH = 32, 8
 
@@ -325,10 +333,10 @@ GEMMA4_TEMPLATE = (
 GEMMA4_PATCH, GEMMA4_POOL, GEMMA4_SOFT_TOKENS = 8, 2, 70
 
 
-def _gemma4_tokenizer() -> Any:
+def _gemma4_tokenizer(template: str = GEMMA4_TEMPLATE) -> Any:
     return word_tokenizer(
         GEMMA4_SPECIALS + list(GEMMA4_MM.values()),
-        chat_template=GEMMA4_TEMPLATE,
+        chat_template=template,
         eos="<end_of_turn>",
         pad="<pad>",
         bos="<bos>",
@@ -411,7 +419,7 @@ def gemma4(n_layers: int) -> Parts:
     notes="sliding layers (0, 1; window 8, head_dim 16) + global layer (2; head_dim 32, partial RoPE); 1-D RoPE",
 )
 def gemma4_text(n_layers: int) -> Parts:
-    tok = _gemma4_tokenizer()
+    tok = _gemma4_tokenizer(GEMMA4_TEMPLATE.replace("<|image|>", NO_IMAGE).replace("<|video|>", NO_IMAGE))
     return Parts(Gemma4TextConfig(**_gemma4_text(tok, n_layers)), Gemma4ForCausalLM, tok, tok)
 
 
@@ -430,6 +438,9 @@ PHI4_TEMPLATE = (
     "{% endfor %}{% endif %}<|end|>{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
+# Phi-4 MM's vision attention has `is_causal = True` (transformers 5.25): under SDPA an image whose crops have no
+# padded patches gets causal vision attention, one in a batch with padded crops bidirectional; eager is always
+# bidirectional.
 # Phi-4 MM: the stock processor counts 16x16 (+ 16 row separators + 1) tokens for the global view, so a crop must
 # be 32x32 patches (real: 448 / 14) pooled 2x2: 64x64 crops of 2x2 patches; up to 4 sub-crops; a 64x64 image gives
 # 273 (global) + 272 (one crop) tokens
