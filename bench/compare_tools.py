@@ -535,7 +535,7 @@ def render_markdown(data: dict[str, Any]) -> str:
     m = data["machine"]
     v = m["versions"]
     lines = [
-        f"Run: `python bench/compare_tools.py`, {data['date']}, {data['seconds']:.0f} s (interpreter `{m['python']}`).",
+        f"Run: `python bench/compare_tools.py`, {data['date']}, {data['seconds']:.0f} s (a venv with TransformerLens).",
         "",
         f"Machine: {m['cpu']} ({m['n_cpus']} cores, shared with other engineers' jobs; load average "
         f"{data['load_avg'][0][0]} at start, {data['load_avg'][1][0]} at end), GPU: {m['gpu']}. "

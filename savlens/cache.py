@@ -96,12 +96,7 @@ class ActivationCache(Mapping[str, Tensor]):
         names = match_saved(pattern, list(self._entries))
         if not names:
             raise HookNameError(f"{pattern!r} matches nothing in this cache; saved: {_short_list(list(self))}.")
-        values = [self[n] for n in names]
-        shapes = {tuple(v.shape) for v in values}
-        if len(shapes) != 1:
-            raise FeatureError(f"cannot stack {pattern!r}: the matched tensors have shapes {sorted(shapes)}.")
-        lead = 2 if self.dims(names[0])[:2] == ("batch", "pos") else 1
-        return torch.stack(values, dim=lead)
+        return stack_layers([self[n] for n in names], self.dims(names[0]), pattern)
 
     def __repr__(self) -> str:
         lines = [f"ActivationCache({len(self)} entries)"]
@@ -109,6 +104,22 @@ class ActivationCache(Mapping[str, Tensor]):
             sizes = " ".join(f"{d}={s}" for d, s in zip(e.dims, e.value.shape))
             lines.append(f"  {name}: [{sizes}] {str(e.value.dtype).removeprefix('torch.')}")
         return "\n".join(lines)
+
+
+def stack_layers(values: Sequence[Tensor], dims: tuple[str, ...], what: str = "") -> Tensor:
+    """Stack per-layer tensors on a new ``layer`` axis after ``batch pos`` (or after the first axis).
+
+    Heads whose width differs by layer (Gemma 4's sliding and global layers) are zero-padded on ``d_head`` to
+    the widest: the cosine similarities, class means and distances of every head are unchanged by zeros, so
+    scoring, SAV and the probes give what they would on each head's own vector (tested).
+    """
+    shapes = {tuple(v.shape) for v in values}
+    if len(shapes) != 1 and dims[-1] == "d_head" and len({s[:-1] for s in shapes}) == 1:
+        width = max(s[-1] for s in shapes)
+        values = [torch.nn.functional.pad(v, (0, width - v.shape[-1])) for v in values]
+    elif len(shapes) != 1:
+        raise FeatureError(f"cannot stack {what!r}: the matched tensors have shapes {sorted(shapes)}.")
+    return torch.stack(list(values), dim=2 if dims[:2] == ("batch", "pos") else 1)
 
 
 def _short_list(items: Sequence[str], n: int = 6) -> str:

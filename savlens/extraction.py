@@ -26,7 +26,14 @@ from savlens.names import resolve, split_name
 from savlens.store import FeatureStore, merge_ranks, open_store
 from savlens.tracing import check_device_dtype, trace
 
-_PER_HEAD = ("blocks.{l}.attn.hook_z", "blocks.{l}.attn.hook_result", "blocks.{l}.attn.hook_q")
+_PER_HEAD = (
+    "blocks.{l}.attn.hook_z",
+    "blocks.{l}.attn.hook_result",
+    "blocks.{l}.attn.hook_q",
+    "blocks.{l}.cross_attn.hook_z",
+    "blocks.{l}.cross_attn.hook_result",
+    "blocks.{l}.cross_attn.hook_q",
+)
 _PER_LAYER = (
     "blocks.{l}.hook_resid_pre",
     "blocks.{l}.hook_resid_post",
@@ -116,7 +123,7 @@ def extract(
     tokens = _check_logits(model, logits, logit_tokens)
     if isinstance(positions, bool) or not (positions == "last" or isinstance(positions, int)):
         raise InputError(f"extract reads one position per example: 'last' or an int index; got {positions!r}.")
-    concrete = resolve(names, model.n_layers, model.multimodal)
+    concrete = resolve(names, model.n_layers, model.multimodal, model.resolved.kinds)
     templates = {split_name(n)[1] for n in concrete}
     if len(templates) != 1 or not (templates <= set(_PER_HEAD) | set(_PER_LAYER)):
         raise InputError(

@@ -113,7 +113,7 @@ class Model:
         """Return every hook name of this model, in execution order."""
         from savlens.names import all_names
 
-        return all_names(self.n_layers, self.multimodal)
+        return all_names(self.n_layers, self.multimodal, self.resolved.kinds)
 
     def spec_report(self) -> "SpecReport":
         """What savlens inferred (or was told) about this model: module paths by role, sizes, position scheme,
@@ -197,13 +197,14 @@ class Model:
             )
 
     def _expands_to_image_token(self, image_token_id: int) -> bool:
-        """Whether the processor turns one rendered image into the config's image tokens (a 64 x 64 probe)."""
+        """Whether the processor expands one rendered image into several of the config's image tokens (a 64 x 64
+        probe; one occurrence is not enough: another processor's image-start token may share the id)."""
         try:
             prompt = self.render(Example("hi", images=[Image.new("RGB", (64, 64))]), "hi")
             enc = self._process({"text": [prompt], "return_tensors": "pt"}, [[Image.new("RGB", (64, 64))]])
         except Exception:
             return False
-        return bool((enc["input_ids"] == image_token_id).any())
+        return int((enc["input_ids"] == image_token_id).sum()) > 1
 
     def _fingerprint(self) -> str:
         cfg: Any = self.hf.config

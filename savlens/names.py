@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from savlens.errors import HookNameError
+from savlens.errors import HookNameError, HookNotAvailableError
 
 #: The dim words used in every annotation and einops pattern.
 DIM_GLOSSARY: dict[str, str] = {
@@ -103,12 +103,33 @@ HOOKS: tuple[HookPoint, ...] = (
         "each head's contribution z_h @ W_O[h] to the attention output (no bias)",
         derived=True,
     ),
-    HookPoint("blocks.{l}.hook_attn_out", _BPD, "attention output (output of o_proj)"),
+    HookPoint(
+        "blocks.{l}.hook_attn_out",
+        _BPD,
+        "token-mixer output: of o_proj (attention), of the linear-attention or convolution module's output "
+        "projection on those layers",
+    ),
     HookPoint(
         "blocks.{l}.attn.hook_pattern",
         ("batch", "head_index", "query_pos", "key_pos"),
         "attention probabilities",
         eager_only=True,
+    ),
+    HookPoint(
+        "blocks.{l}.cross_attn.hook_q",
+        ("batch", "pos", "head_index", "d_head"),
+        "query projection of a cross-attention layer (keys and values come from the image), per query head",
+    ),
+    HookPoint(
+        "blocks.{l}.cross_attn.hook_z",
+        ("batch", "pos", "head_index", "d_head"),
+        "input of a cross-attention layer's output projection, split per query head",
+    ),
+    HookPoint(
+        "blocks.{l}.cross_attn.hook_result",
+        ("batch", "pos", "head_index", "d_model"),
+        "each cross-attention head's contribution z_h @ W_O[h] to the layer's attention output (no bias)",
+        derived=True,
     ),
     HookPoint("blocks.{l}.hook_mlp_out", _BPD, "MLP output"),
     HookPoint("blocks.{l}.hook_resid_post", _BPD, "residual stream out of layer l"),
@@ -162,16 +183,46 @@ def split_name(name: str) -> tuple[int | None, str]:
     return None, name
 
 
-def all_names(n_layers: int, multimodal: bool = True) -> list[str]:
-    """Return every concrete hook name of a model with ``n_layers`` layers, in execution order."""
+#: the per-layer hooks of every layer kind (residual, token-mixer output and MLP hooks exist on every layer)
+_COMMON = (
+    "blocks.{l}.hook_resid_pre",
+    "blocks.{l}.hook_attn_out",
+    "blocks.{l}.hook_mlp_out",
+    "blocks.{l}.hook_resid_post",
+)
+
+
+def layer_hooks(kind: str = "attention") -> list[str]:
+    """The per-layer hook templates a layer of ``kind`` has, in execution order.
+
+    >>> layer_hooks("convolution")
+    ['blocks.{l}.hook_resid_pre', 'blocks.{l}.hook_attn_out', 'blocks.{l}.hook_mlp_out', 'blocks.{l}.hook_resid_post']
+    """
+    prefix = {"attention": "blocks.{l}.attn.", "cross_attention": "blocks.{l}.cross_attn."}.get(kind)
+    return [
+        h.template
+        for h in HOOKS
+        if h.per_layer and (h.template in _COMMON or (prefix is not None and h.template.startswith(prefix)))
+    ]
+
+
+def all_names(n_layers: int, multimodal: bool = True, kinds: Sequence[str] | None = None) -> list[str]:
+    """Return every concrete hook name of a model with ``n_layers`` layers, in execution order.
+
+    ``kinds``: the kind of each layer (default: all softmax attention); a layer has the hooks of its kind
+    (:func:`layer_hooks`).
+    """
     out: list[str] = []
     for h in HOOKS:
         if h.template.startswith("vision_") and not multimodal:
             continue
         if not h.per_layer:
             out.append(h.template)
+    by_kind: dict[str, list[str]] = {}
     for layer in range(n_layers):
-        out.extend(h.template.format(l=layer) for h in HOOKS if h.per_layer)
+        kind = kinds[layer] if kinds is not None else "attention"
+        templates = by_kind.setdefault(kind, layer_hooks(kind))
+        out.extend(t.format(l=layer) for t in templates)
     return out
 
 
@@ -239,11 +290,15 @@ def closest(name: str, candidates: Iterable[str], n: int = 3) -> list[str]:
     return difflib.get_close_matches(name, list(candidates), n=n, cutoff=0.5)
 
 
-def resolve(patterns: str | Sequence[str], n_layers: int, multimodal: bool = True) -> list[str]:
+def resolve(
+    patterns: str | Sequence[str], n_layers: int, multimodal: bool = True, kinds: Sequence[str] | None = None
+) -> list[str]:
     """Expand names and glob patterns into concrete hook names, in execution order.
 
     Raises :class:`~savlens.errors.HookNameError` for an unknown name (listing the closest valid
-    names), a layer out of range, or a pattern that matches nothing.
+    names), a layer out of range, or a pattern that matches nothing; :class:`~savlens.errors.HookNotAvailableError`
+    for a hook that the named layer's kind does not have (``kinds``: the kind of each layer; a glob matches only
+    the layers that have the hook).
 
     >>> resolve("blocks.*.attn.hook_z", n_layers=2)
     ['blocks.0.attn.hook_z', 'blocks.1.attn.hook_z']
@@ -254,7 +309,7 @@ def resolve(patterns: str | Sequence[str], n_layers: int, multimodal: bool = Tru
         patterns = [patterns]
     if not isinstance(patterns, Sequence) or not patterns:
         raise HookNameError(f"give a hook name, a pattern or a list of them; got {patterns!r}.")
-    valid = all_names(n_layers, multimodal)
+    valid = all_names(n_layers, multimodal, kinds)
     chosen: set[str] = set()
     for pat in patterns:
         if not isinstance(pat, str) or not pat:
@@ -267,6 +322,19 @@ def resolve(patterns: str | Sequence[str], n_layers: int, multimodal: bool = Tru
                     f"(blocks.0 .. blocks.{n_layers - 1})."
                 )
         hits = match_saved(pat, valid)
+        if not hits and kinds is not None:
+            everywhere = match_saved(
+                pat,
+                [n for k in ("attention", "cross_attention") for n in all_names(n_layers, multimodal, [k] * n_layers)],
+            )
+            if everywhere:
+                layers = sorted({int(m.group(1)) for n in everywhere if (m := _NAME_RE.match(n))})
+                have = {k: [i for i, kk in enumerate(kinds) if kk == k] for k in dict.fromkeys(kinds)}
+                raise HookNotAvailableError(
+                    f"{pat!r}: layer {layers[0]} ({kinds[layers[0]].replace('_', ' ')}) has no such hook. Layers by "
+                    f"kind: {have}; attn.* hooks exist on attention layers, cross_attn.* on cross-attention layers, "
+                    "and hook_resid_* / hook_attn_out / hook_mlp_out on every layer."
+                )
         if not hits:
             raise HookNameError(_no_match_message(pat, n_layers, multimodal, valid))
         chosen.update(hits)

@@ -15,7 +15,7 @@ from einops import einsum, rearrange
 from jaxtyping import Float
 from torch import Tensor
 
-from savlens.cache import ActivationCache, CacheEntry
+from savlens.cache import ActivationCache, CacheEntry, stack_layers
 from savlens.errors import (
     ArgumentError,
     HookNotAvailableError,
@@ -66,7 +66,7 @@ class Handle:
         cache = self._filled()
         if len(self.names) == 1:
             return cache[self.names[0]]
-        return torch.stack([cache[n] for n in self.names], dim=_layer_axis(cache.dims(self.names[0])))
+        return stack_layers([cache[n] for n in self.names], cache.dims(self.names[0]), self.names[0])
 
     @property
     def dims(self) -> tuple[str, ...]:
@@ -148,7 +148,7 @@ class Trace:
         if self._ran:
             raise TraceStateError("this trace already ran; open a new `with savlens.trace(...)` block to save more.")
         check_device_dtype(device, dtype, "t.save")
-        concrete = resolve(names, self.model.n_layers, self.model.multimodal)
+        concrete = resolve(names, self.model.n_layers, self.model.multimodal, self.model.resolved.kinds)
         for n in concrete:
             if hook_point(n).eager_only and self.model.attn_implementation != "eager":
                 raise HookNotAvailableError(
@@ -340,6 +340,9 @@ _ACCESS: dict[str, tuple[str, str]] = {
     "blocks.{l}.attn.hook_result": ("o_proj", "input"),
     "blocks.{l}.hook_attn_out": ("o_proj", "output"),
     "blocks.{l}.attn.hook_pattern": ("attn", "output"),
+    "blocks.{l}.cross_attn.hook_q": ("q_proj", "output"),
+    "blocks.{l}.cross_attn.hook_z": ("o_proj", "input"),
+    "blocks.{l}.cross_attn.hook_result": ("o_proj", "input"),
     "blocks.{l}.hook_mlp_out": ("mlp", "output"),
     "blocks.{l}.hook_resid_post": ("block", "output"),
 }
@@ -434,7 +437,7 @@ def _execute(
     with torch.no_grad(), env.trace(**inputs) as tracer:
         # the body runs in a plain function: nnsight executes a with-block's own code against a dict scope
         # (every name a dict lookup, globals after a KeyError), which cost ~0.3 ms per trace on small models
-        _interleave(env, plan, batch, model.sizes, selections, raw, req_index, applied, model.resolved.spec.fused_qkv)
+        _interleave(env, plan, batch, model.sizes, selections, raw, req_index, applied, model.resolved.layers)
         if stop_at_layer is not None:
             tracer.stop()
         elif logits_mode is not None:
@@ -451,7 +454,7 @@ def _execute(
         entries = {}
         for name in req.names:  # keep the declared (execution) order
             entry = _entry(model, name, values[name], req, selections)
-            if split_name(name)[1] == "blocks.{l}.attn.hook_result":
+            if split_name(name)[1] in _RESULT:
                 entry = _result_entry(model, name, entry)
             entries[name] = entry
         out.append(entries)
@@ -467,22 +470,22 @@ def _interleave(
     raw: list[dict[str, Tensor]],
     req_index: dict[int, int],
     applied: list[Edit],
-    fused: bool = False,
+    layers: Sequence[Any] = (),
 ) -> None:
     """Inside the trace: read each planned module access in execution order, apply edits, save slices."""
     for read in plan:
         module = _envoy_at(env, read.path)
         value = module.input if read.kind == "input" else module.output
         if read.edits:
-            value = apply_edits(value, read.edits, batch, sizes)
+            value = apply_edits(value, read.edits, batch, layers[read.edits[0].layer] if layers else sizes)
             module.input = value
             applied.extend(read.edits)
         for name, req in read.saves:
             _, template = split_name(name)
             if template == "blocks.{l}.attn.hook_pattern":
                 x = value[1]
-            elif fused and template in _QKV_PART:
-                x = _qkv_part(value, template, sizes)
+            elif template in _QKV_PART:
+                x = _qkv_part(value, template, layers[split_name(name)[0] or 0])
             elif read.kind == "output" or template in ("hook_embed", "blocks.{l}.hook_resid_pre"):
                 x = _first(value)
                 if x.ndim == 2 and template == "blocks.{l}.hook_mlp_out":  # an MoE (Llama 4) flattens the tokens
@@ -498,14 +501,25 @@ def _interleave(
             raw[req_index[id(req)]][name] = x.save()
 
 
-_QKV_PART = ("blocks.{l}.attn.hook_q", "blocks.{l}.attn.hook_k", "blocks.{l}.attn.hook_v")
+_QKV_PART = (
+    "blocks.{l}.attn.hook_q",
+    "blocks.{l}.attn.hook_k",
+    "blocks.{l}.attn.hook_v",
+    "blocks.{l}.cross_attn.hook_q",
+)
 
 
-def _qkv_part(qkv: Tensor, template: str, sizes: Any) -> Tensor:
-    """Split q, k or v out of a fused projection's output (q, then k, then v along the last axis)."""
-    nq, nkv = sizes.n_heads * sizes.d_head, sizes.n_kv_heads * sizes.d_head
-    start, width = {_QKV_PART[0]: (0, nq), _QKV_PART[1]: (nq, nkv), _QKV_PART[2]: (nq + nkv, nkv)}[template]
-    return qkv[..., start : start + width]
+def _qkv_part(out: Tensor, template: str, info: Any) -> Tensor:
+    """The query, key or value part of a projection's output: split out of a fused qkv projection (q, then k,
+    then v along the last axis), or the query half of a gated query projection (per head: query, then gate)."""
+    if info.fused_qkv:
+        nq, nkv = info.n_heads * info.d_head, info.n_kv_heads * info.d_head
+        start, width = {_QKV_PART[0]: (0, nq), _QKV_PART[1]: (nq, nkv), _QKV_PART[2]: (nq + nkv, nkv)}[template]
+        return out[..., start : start + width]
+    if info.gated_q and template in (_QKV_PART[0], _QKV_PART[3]):
+        per_head = out.unflatten(-1, (info.n_heads, 2 * info.d_head))[..., : info.d_head]
+        return per_head.flatten(-2)
+    return out
 
 
 def _read_logits(env: Any, logits_mode: LogitsMode, last: Tensor, box: list[Tensor]) -> None:
@@ -525,7 +539,6 @@ def _pos_key(positions: Positions | None) -> Any:
 
 
 def _entry(model: Model, name: str, x: Tensor, req: _Request, selections: dict[Any, Selection]) -> CacheEntry:
-    sizes = model.sizes
     _, template = split_name(name)
     point = hook_point(name)
     spec = model.resolved.spec
@@ -543,14 +556,16 @@ def _entry(model: Model, name: str, x: Tensor, req: _Request, selections: dict[A
             else tuple(f"dim{i}" for i in range(x.ndim)),
             "all",
         )
-    if template in ("blocks.{l}.attn.hook_z", "blocks.{l}.attn.hook_result", "blocks.{l}.attn.hook_q"):
+    layer = split_name(name)[0]
+    info = model.resolved.layers[layer] if layer is not None else None
+    if template in _PER_QUERY_HEAD and info is not None:
         # batch pos (head_index d_head) -> batch pos head_index d_head (a view; unflatten is ~10x cheaper than einops)
-        x = x.unflatten(-1, (sizes.n_heads, sizes.d_head))
-    elif template in ("blocks.{l}.attn.hook_k", "blocks.{l}.attn.hook_v"):
-        x = x.unflatten(-1, (sizes.n_kv_heads, sizes.d_head))  # batch pos (kv_head_index d_head) -> ...
+        x = x.unflatten(-1, (info.n_heads, info.d_head))
+    elif template in ("blocks.{l}.attn.hook_k", "blocks.{l}.attn.hook_v") and info is not None:
+        x = x.unflatten(-1, (info.n_kv_heads, info.d_head))  # batch pos (kv_head_index d_head) -> ...
     sel = selections.get(_pos_key(req.positions)) if req.positions != "all" else None
     dims = point.dims
-    if template == "blocks.{l}.attn.hook_result":
+    if template in _RESULT:
         dims = ("batch", "pos", "head_index", "d_head")  # replaced by _result_entry
     return CacheEntry(
         x,
@@ -561,12 +576,24 @@ def _entry(model: Model, name: str, x: Tensor, req: _Request, selections: dict[A
     )
 
 
+_PER_QUERY_HEAD = (
+    "blocks.{l}.attn.hook_z",
+    "blocks.{l}.attn.hook_result",
+    "blocks.{l}.attn.hook_q",
+    "blocks.{l}.cross_attn.hook_z",
+    "blocks.{l}.cross_attn.hook_result",
+    "blocks.{l}.cross_attn.hook_q",
+)
+_RESULT = ("blocks.{l}.attn.hook_result", "blocks.{l}.cross_attn.hook_result")
+
+
 def _result_entry(model: Model, name: str, z_entry: CacheEntry) -> CacheEntry:
     """Derive ``hook_result`` (per-head contribution to the attention output) from the saved z slice."""
     layer, _ = split_name(name)
     o_proj = model.module(model.resolved.block_path(int(layer or 0), "o_proj"))
     weight: Tensor = o_proj.weight  # type: ignore[assignment]
-    w: Tensor = rearrange(weight, "d_model (head_index d_head) -> head_index d_head d_model", head_index=model.n_heads)
+    n_heads = model.resolved.layers[int(layer or 0)].n_heads
+    w: Tensor = rearrange(weight, "d_model (head_index d_head) -> head_index d_head d_model", head_index=n_heads)
     z = z_entry.value
     result: Tensor = einsum(
         z.to(w.dtype).to(w.device),

@@ -27,7 +27,13 @@ def test_every_error_class_has_a_page_linked_from_its_message() -> None:
 def test_model_coverage_table_is_rendered_from_its_json_and_still_true() -> None:
     import json
 
-    from savlens.testing.coverage import JSON_PATH, coverage_markdown, facts
+    from savlens.testing.coverage import (
+        BF16_EAGER_NOT_EXACT,
+        JSON_PATH,
+        SDPA_NOT_INVARIANT,
+        coverage_markdown,
+        facts,
+    )
     from savlens.testing.tiny import ALL_FAMILIES, build_tiny
 
     data = json.loads(JSON_PATH.read_text())
@@ -37,4 +43,5 @@ def test_model_coverage_table_is_rendered_from_its_json_and_still_true() -> None
         tm = build_tiny(r["family"])
         now = facts(savlens.wrap(tm.model, tm.processor))
         assert now == {k: r[k] for k in now}, r["family"]
-        assert r["fp32_sdpa"] <= 2e-5 and r["bf16_eager"] == 0.0, r["family"]
+        assert r["fp32_sdpa"] <= 2e-5 or r["family"] in SDPA_NOT_INVARIANT, r["family"]
+        assert r["bf16_eager"] <= BF16_EAGER_NOT_EXACT.get(r["family"], (0.0,))[0], r["family"]

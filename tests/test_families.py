@@ -95,7 +95,7 @@ def test_a_user_spec_still_overrides_inference() -> None:
 def test_a_vlm_without_a_projector_names_what_is_missing() -> None:
     tm = build_tiny("llava_onevision")
     del tm.model.model.multi_modal_projector
-    with pytest.raises(ModelSpecError, match=r"no a projector \(multi_modal_projector/.*register\(spec\)"):
+    with pytest.raises(ModelSpecError, match=r"found no projector \(multi_modal_projector/.*register\(spec\)"):
         savlens.wrap(tm.model, tm.processor)
 
 

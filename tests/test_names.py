@@ -2,7 +2,7 @@
 
 import pytest
 
-from savlens.errors import HookNameError
+from savlens.errors import HookNameError, HookNotAvailableError
 from savlens.names import HOOKS, all_names, head_label, hooks_markdown, match_saved, parse_head_label, resolve
 
 
@@ -28,9 +28,22 @@ def test_layer_sets_and_execution_order() -> None:
 def test_every_per_layer_hook_exists_once_per_layer() -> None:
     names = all_names(5, multimodal=True)
     assert len(names) == len(set(names))
-    per_layer = [h for h in HOOKS if h.per_layer]
-    assert len(names) == 5 * len(per_layer) + (len(HOOKS) - len(per_layer))
+    per_layer = [h for h in HOOKS if h.per_layer and ".cross_attn." not in h.template]
+    assert len(names) == 5 * len(per_layer) + (len(HOOKS) - len([h for h in HOOKS if h.per_layer]))
     assert "vision_projector.hook_out" not in all_names(5, multimodal=False)
+
+
+def test_layer_kinds_decide_which_hooks_exist() -> None:
+    kinds = ["convolution", "attention", "cross_attention", "linear_attention"]
+    names = all_names(4, multimodal=True, kinds=kinds)
+    assert [n for n in names if n.endswith("attn.hook_z")] == ["blocks.1.attn.hook_z", "blocks.2.cross_attn.hook_z"]
+    assert resolve("blocks.*.attn.hook_z", 4, kinds=kinds) == ["blocks.1.attn.hook_z"]
+    assert resolve("blocks.*.cross_attn.hook_z", 4, kinds=kinds) == ["blocks.2.cross_attn.hook_z"]
+    assert resolve("blocks.*.hook_attn_out", 4, kinds=kinds) == [f"blocks.{i}.hook_attn_out" for i in range(4)]
+    with pytest.raises(HookNotAvailableError, match=r"layer 0 \(convolution\) has no such hook.*'attention': \[1\]"):
+        resolve("blocks.0.attn.hook_z", 4, kinds=kinds)
+    with pytest.raises(HookNotAvailableError, match=r"layer 3 \(linear attention\)"):
+        resolve("blocks.3.attn.hook_q", 4, kinds=kinds)
 
 
 def test_typo_lists_closest_valid_names() -> None:

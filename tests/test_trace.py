@@ -8,6 +8,7 @@ import savlens
 import savlens.testing.tiny
 from savlens.names import HOOKS, all_names
 from savlens.positions import select_positions
+from savlens.testing.coverage import BF16_EAGER_NOT_EXACT, SDPA_NOT_INVARIANT
 
 ALL_VLMS = tuple(f for f in savlens.testing.tiny.ALL_FAMILIES if savlens.testing.tiny.RECIPES[f].vlm)
 
@@ -20,6 +21,12 @@ def family(request: pytest.FixtureRequest) -> str:
 
 def _batch(model: savlens.Model, **kw: object) -> savlens.Batch:
     return savlens.Batch.from_examples(model, mixed_examples(model), **kw)  # type: ignore[arg-type]
+
+
+def _head_layers(model: savlens.Model, kinds: tuple[str, ...] = ("attention", "cross_attention")) -> list:  # noqa: ANN401
+    """(layer, hook prefix, per-layer sizes) of the layers with heads."""
+    prefix = {"attention": "attn", "cross_attention": "cross_attn"}
+    return [(i, prefix[info.kind], info) for i, info in enumerate(model.resolved.layers) if info.kind in kinds]
 
 
 def _all_but_pattern(model: savlens.Model) -> list[str]:
@@ -63,28 +70,31 @@ def test_hook_z_is_the_reshaped_o_proj_input(family: str) -> None:
     for layer in range(model.n_layers):
         mod = model.module(model.resolved.block_path(layer, "o_proj"))
         handles.append(mod.register_forward_pre_hook(lambda m, a, layer=layer: seen.__setitem__(layer, a[0].clone())))
+    heads = _head_layers(model)
     try:
         with savlens.trace(model, batch) as t:
-            z = t.save("blocks.*.attn.hook_z", positions="all")
+            z = t.save([f"blocks.{i}.{p}.hook_z" for i, p, _ in heads], positions="all")
     finally:
         for h in handles:
             h.remove()
-    s = model.sizes
-    for layer in range(model.n_layers):
-        want = seen[layer].reshape(batch.size, batch.seq_len, s.n_heads, s.d_head)
-        assert torch.equal(z[f"blocks.{layer}.attn.hook_z"], want)
-    assert z.value.shape == (batch.size, batch.seq_len, s.n_layers, s.n_heads, s.d_head)
+    for layer, p, info in heads:
+        want = seen[layer].reshape(batch.size, batch.seq_len, info.n_heads, info.d_head)
+        assert torch.equal(z[f"blocks.{layer}.{p}.hook_z"], want)
+    widest = max(info.d_head for _, _, info in heads)  # narrower heads are zero-padded on d_head
+    if len(heads) > 1:
+        assert z.value.shape == (batch.size, batch.seq_len, len(heads), heads[0][2].n_heads, widest)
 
 
 def test_head_results_sum_to_attention_output(family: str) -> None:
     model = tiny(family)
     batch = _batch(model)
+    heads = _head_layers(model)
     with savlens.trace(model, batch) as t:
-        res = t.save("blocks.*.attn.hook_result", positions="all")
+        res = t.save([f"blocks.{i}.{p}.hook_result" for i, p, _ in heads], positions="all")
         out = t.save("blocks.*.hook_attn_out", positions="all")
-    for layer in range(model.n_layers):
+    for layer, p, _ in heads:
         bias = model.module(model.resolved.block_path(layer, "o_proj")).bias
-        total = res[f"blocks.{layer}.attn.hook_result"].sum(2) + (0 if bias is None else bias)
+        total = res[f"blocks.{layer}.{p}.hook_result"].sum(2) + (0 if bias is None else bias)
         ref = out[f"blocks.{layer}.hook_attn_out"]
         assert ref.abs().max() > 0.1  # not a trivially small output
         torch.testing.assert_close(total, ref, atol=2e-5, rtol=1e-5)
@@ -93,26 +103,47 @@ def test_head_results_sum_to_attention_output(family: str) -> None:
 def test_gqa_each_query_head_reads_its_kv_group(family: str) -> None:
     """With eager attention: z[h] at the last token == pattern[h] @ v[kv_head_of(h)], exactly the GQA map."""
     model = tiny(family, attn="eager")
-    s = model.sizes
-    assert s.n_kv_heads < s.n_heads  # GQA on purpose
     batch = _batch(model)
-    with savlens.trace(model, batch) as t:
-        z = t.save("blocks.*.attn.hook_z")
-        pat = t.save("blocks.*.attn.hook_pattern")
-        v = t.save("blocks.*.attn.hook_v", positions="all")
-        k = t.save("blocks.*.attn.hook_k", positions="all")
-    assert v.value.shape[-2] == s.n_kv_heads and k.value.shape[-2] == s.n_kv_heads
-    for layer in range(s.n_layers):
+    heads = _head_layers(model, ("attention",))
+    gates: dict[int, torch.Tensor] = {}  # gated attention (Qwen3.5): z = softmax(qk) v * sigmoid(gate)
+    hooks = [
+        model.module(model.resolved.block_path(i, "q_proj")).register_forward_hook(
+            lambda m, a, o, i=i: gates.__setitem__(i, o.clone())
+        )
+        for i, _, info in heads
+        if info.gated_q
+    ]
+    try:
+        with savlens.trace(model, batch) as t:
+            z = t.save("blocks.*.attn.hook_z")
+            pat = t.save("blocks.*.attn.hook_pattern")
+            v = t.save("blocks.*.attn.hook_v", positions="all")
+    finally:
+        for hk in hooks:
+            hk.remove()
+    rows = torch.arange(batch.size)
+    for layer, _, info in heads:
+        assert info.n_kv_heads < info.n_heads  # GQA on purpose
+        group = info.n_heads // info.n_kv_heads
         zl = z[f"blocks.{layer}.attn.hook_z"][:, 0]  # batch head_index d_head
         pl = pat[f"blocks.{layer}.attn.hook_pattern"][:, :, 0]  # batch head_index key_pos
         vl = v[f"blocks.{layer}.attn.hook_v"]  # batch pos kv_head_index d_head
-        for h in range(s.n_heads):
-            g = s.kv_head_of(h)
+        assert vl.shape[-2:] == (info.n_kv_heads, info.d_head)
+        v_norm = getattr(model.module(model.resolved.block_path(layer, "attn")), "v_norm", None)
+        if v_norm is not None:  # Gemma 4 normalises the values per head
+            vl = v_norm(vl)
+        for h in range(info.n_heads):
+            g = h // group
             want = torch.einsum("bk,bkd->bd", pl[:, h], vl[:, :, g])
+            if info.gated_q:
+                gate = gates[layer][rows, batch.last_index].unflatten(-1, (info.n_heads, 2 * info.d_head))
+                want = want * torch.sigmoid(gate[:, h, info.d_head :])
             torch.testing.assert_close(zl[:, h], want, atol=1e-5, rtol=1e-5)
-            if s.group_size > 1:  # the wrong group must not fit
-                other = (g + 1) % s.n_kv_heads
+            if group > 1:  # the wrong group must not fit
+                other = (g + 1) % info.n_kv_heads
                 wrong = torch.einsum("bk,bkd->bd", pl[:, h], vl[:, :, other])
+                if info.gated_q:
+                    wrong = wrong * torch.sigmoid(gate[:, h, info.d_head :])
                 assert (zl[:, h] - wrong).abs().max() > 1e-3
 
 
@@ -121,7 +152,7 @@ def test_every_registered_name_fires_with_declared_dims(family: str) -> None:
     model = tiny(family, attn="eager")
     batch = _batch(model)
     names = model.hook_names()
-    assert names == all_names(model.n_layers, model.multimodal)
+    assert names == all_names(model.n_layers, model.multimodal, model.resolved.kinds)
     lm_names = [n for n in names if not n.startswith("vision_")]
     seen: dict[str, torch.Tensor] = {}
     hooks = []
@@ -133,7 +164,7 @@ def test_every_registered_name_fires_with_declared_dims(family: str) -> None:
 
             def grab(m: object, a: object, out: object, name: str = name) -> None:
                 v = out[0] if isinstance(out, tuple) else getattr(out, "last_hidden_state", out)
-                seen[name] = v.clone()  # type: ignore[union-attr]
+                seen.setdefault(name, v.clone())  # type: ignore[union-attr]  # the first call (Phi-4: one per image)
 
             hooks.append(model.module(path).register_forward_hook(grab))
     try:
@@ -169,7 +200,18 @@ def test_every_registered_name_fires_with_declared_dims(family: str) -> None:
             h for h in HOOKS if h.template == n or h.template.format(l=0).split(".", 2)[-1] == n.split(".", 2)[-1]
         )
         assert e.dims == point.dims, n
+        layer = int(n.split(".")[1]) if n.startswith("blocks.") else None
+        if layer is not None:  # heads and widths of this layer (they differ by layer in Gemma 4)
+            info = model.resolved.layers[layer]
+            size_of.update(head_index=info.n_heads, kv_head_index=info.n_kv_heads, d_head=info.d_head)
         assert tuple(e.value.shape) == tuple(size_of[d] for d in e.dims), n
+    kinds = model.resolved.kinds  # every layer has the residual, mixer-output and MLP hooks; heads only some
+    assert [n for n in names if n.endswith(".hook_attn_out")] == [
+        f"blocks.{i}.hook_attn_out" for i in range(len(kinds))
+    ]
+    assert [int(n.split(".")[1]) for n in names if n.endswith(".attn.hook_z")] == [
+        i for i, k in enumerate(kinds) if k == "attention"
+    ]
 
 
 def test_hook_embed_is_resid_pre_zero_and_resid_chain(family: str) -> None:
@@ -202,6 +244,8 @@ def test_hook_embed_is_resid_pre_zero_and_resid_chain(family: str) -> None:
         got = (
             c[f"blocks.{layer}.hook_resid_pre"] + c[f"blocks.{layer}.hook_attn_out"] + c[f"blocks.{layer}.hook_mlp_out"]
         )
+        if model.resolved.kinds[layer] == "cross_attention":
+            continue  # Mllama scales a cross-attention layer's attention and MLP outputs by tanh gates
         if model.resolved.spec.post_norms:
             assert (got - c[f"blocks.{layer}.hook_resid_post"]).abs().max() > 1e-2
         else:
@@ -235,10 +279,11 @@ def test_last_position_is_last_real_token_under_left_and_right_padding(family: s
 def test_explicit_indices_count_within_each_row(family: str) -> None:
     model = tiny(family)
     batch = _batch(model)
+    layer = next(i for i, k in enumerate(model.resolved.kinds) if k == "attention")
     with savlens.trace(model, batch) as t:
-        last = t.save("blocks.1.attn.hook_z")
-        idx = t.save("blocks.1.attn.hook_z", positions=[0, -1])
-        full = t.save("blocks.1.hook_resid_pre", positions="all")
+        last = t.save(f"blocks.{layer}.attn.hook_z")
+        idx = t.save(f"blocks.{layer}.attn.hook_z", positions=[0, -1])
+        full = t.save(f"blocks.{layer}.hook_resid_pre", positions="all")
     assert torch.equal(idx.value[:, 1], last.value[:, 0])
     first = batch.last_index - batch.lengths + 1
     sel = select_positions(batch, [0, -1])
@@ -284,7 +329,7 @@ def _single_rows(model: savlens.Model, exs: list[savlens.Example], **kw: object)
 
 
 def test_batch_invariance_fp32(family: str) -> None:
-    model = tiny(family)
+    model = tiny(family, attn="eager" if family in SDPA_NOT_INVARIANT else "sdpa")
     exs = mixed_examples(model)
     batch = savlens.Batch.from_examples(model, exs)
     assert len(set(batch.lengths.tolist())) >= 2  # really mixed lengths
@@ -301,7 +346,11 @@ def test_batch_invariance_bf16_eager_is_bit_exact(family: str) -> None:
     exs = mixed_examples(model)
     with savlens.trace(model, savlens.Batch.from_examples(model, exs)) as t:
         z = t.save("blocks.*.attn.hook_z")
-    assert torch.equal(z.value, _single_rows(model, exs))
+    single = _single_rows(model, exs)
+    if family in BF16_EAGER_NOT_EXACT:
+        assert 0 < (z.value.float() - single.float()).abs().max() <= BF16_EAGER_NOT_EXACT[family][0]
+    else:
+        assert torch.equal(z.value, single)
 
 
 # offload / dtype / run_with_cache / stop --------------------------------------------------------------
@@ -342,7 +391,7 @@ def test_repeated_traces_are_independent() -> None:
 
 @pytest.mark.parametrize("family", ALL_VLMS)
 def test_multi_image_row_in_a_batch(family: str) -> None:
-    model = tiny(family)
+    model = tiny(family, attn="eager" if family in SDPA_NOT_INVARIANT else "sdpa")
     imgs = savlens.testing.tiny.sample_images(3, seed=4)
     exs = [
         savlens.Example("what is in the two pictures ?", images=imgs[:2], id="two"),
@@ -359,4 +408,11 @@ def test_multi_image_row_in_a_batch(family: str) -> None:
         assert int(batch.image_mask[i].sum()) == int(alone.image_mask[0].sum())
     with savlens.trace(model, batch) as t:
         z = t.save("blocks.*.attn.hook_z")
-    assert (z.value - _single_rows(model, exs)).abs().max() <= BATCH_TOL_FP32
+    delta = (z.value - _single_rows(model, exs)).abs().max()
+    if family == "mllama":
+        # rows with different numbers of images: the row with fewer images gets padded image slots, and the
+        # cross-attention layer reads them (transformers 5.25: 0.17 apart on this tiny model); rows with the same
+        # number of images agree to 3e-6 (test_batch_invariance_fp32). Documented in docs/models.md.
+        assert 1e-4 < delta < 0.5
+    else:
+        assert delta <= BATCH_TOL_FP32

@@ -15,14 +15,10 @@ from savlens.loading import Model, wrap
 from savlens.tracing import trace
 
 
-def _examples(model: Model) -> list[Example]:
-    from savlens.testing.tiny import sample_images
+def _examples(model: Model, family: str) -> list[Example]:
+    from savlens.testing.coverage import mixed_examples
 
-    imgs = sample_images(2, seed=1, sizes=((64, 64), (48, 100)))
-    texts = ["what color is the circle ?", "is there a red shape in the picture and what else is there ?", "hello"]
-    if model.multimodal:
-        return [Example(texts[0], images=[imgs[0]]), Example(texts[1], images=[imgs[1]]), Example(texts[2])]
-    return [Example(t) for t in texts]
+    return mixed_examples(model, family)
 
 
 def _median_ms(fn: Callable[[], Any], repeats: int) -> float:
@@ -41,7 +37,7 @@ def check_family(family: str, repeats: int = 30) -> dict[str, Any]:
 
     tm = build_tiny(family)
     model = wrap(tm.model, tm.processor, model_id=f"tiny-{family}")
-    exs = _examples(model)
+    exs = _examples(model, family)
     batch = Batch.from_examples(model, exs)
     with trace(model, batch) as t:
         z = t.save("blocks.*.attn.hook_z")

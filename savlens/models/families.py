@@ -91,6 +91,8 @@ REFERENCE = (DECODER_LM, LLAVA_ONEVISION, QWEN2_VL, QWEN2_5_VL)
 #: What inference cannot read off a model, by ``config.model_type``: applied to the inferred spec.
 #: PaliGemma counts positions from 1, and its processor corrupts a text-only row in a batch with images (it
 #: splices ``<bos>`` into the row's text), so savlens refuses such batches.
+#: Mllama's image processor gives a text-only row no ``aspect_ratio_ids`` row, so it cannot sit beside image rows.
 FAMILY_FACTS: dict[str, dict[str, object]] = {
     "paligemma": {"position_offset": 1, "text_rows_with_images": False},
+    "mllama": {"text_rows_with_images": False},
 }

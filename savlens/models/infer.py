@@ -27,7 +27,7 @@ from torch import nn
 
 from savlens.errors import ModelSpecError
 from savlens.models.families import FAMILY_FACTS
-from savlens.models.spec import ModelSpec
+from savlens.models.spec import LayerSpec, ModelSpec
 
 ATTN_NAMES = ("self_attn", "attention", "attn", "self_attention", "mixer")
 Q_NAMES = ("q_proj", "query", "q", "wq")
@@ -46,6 +46,7 @@ VISION_NAMES = (
     "vision",
     "vit",
     "image_encoder",
+    "img_processor",
 )
 PROJECTOR_NAMES = (
     "multi_modal_projector",
@@ -59,6 +60,7 @@ PROJECTOR_NAMES = (
     "projector",
     "image_projector",
     "vision_embed_tokens",
+    "img_projection_down",
 )
 IMAGE_TOKEN_ATTRS = (
     "image_token_id",
@@ -94,6 +96,58 @@ def _attention_of(layer: nn.Module) -> tuple[str, str, str, str, str] | None:
         qkv = _child(attn, QKV_NAMES)
         if qkv and o:
             return attn_name, qkv, qkv, qkv, o
+    return None
+
+
+CROSS_NAMES = ("cross_attn", "cross_attention", "encoder_attn")
+LINEAR_NAMES = ("linear_attn", "linear_attention", "mamba", "ssm")
+CONV_NAMES = ("conv", "short_conv")
+
+
+def _layer_of(layer: nn.Module, n_heads: int, default_d_head: int = 0) -> LayerSpec | None:
+    """The kind, paths and sizes of one decoder layer, or None if its token mixer is not recognised."""
+    att = _attention_of(layer)
+    kind: str = "attention"
+    if att is None:
+        for name in CROSS_NAMES:
+            sub = dict(layer.named_children()).get(name)
+            if sub is None:
+                continue
+            q, k, v, o = (_child(sub, names) for names in (Q_NAMES, K_NAMES, V_NAMES, O_NAMES))
+            if q and k and v and o:
+                att, kind = (name, q, k, v, o), "cross_attention"
+                break
+    if att is not None:
+        attn, q, k, v, o = att
+        o_mod = layer.get_submodule(f"{attn}.{o}")
+        q_out = getattr(layer.get_submodule(f"{attn}.{q}"), "out_features", 0)
+        # a module without in_features (not a Linear) gets the config's width; validation then names the mismatch
+        d_head = int(getattr(o_mod, "in_features", 0) or 0) // n_heads or default_d_head
+        if d_head <= 0:
+            return None
+        fused = q == k == v
+        if fused:
+            n_kv = (q_out - n_heads * d_head) // (2 * d_head)
+        else:
+            n_kv = int(getattr(layer.get_submodule(f"{attn}.{k}"), "out_features", 0)) // d_head
+        return LayerSpec(
+            kind,  # type: ignore[arg-type]
+            attn,
+            f"{attn}.{q}",
+            f"{attn}.{k}",
+            f"{attn}.{v}",
+            f"{attn}.{o}",
+            n_heads,
+            n_kv,
+            d_head,
+            fused_qkv=fused,
+            gated_q=not fused and q_out == 2 * n_heads * d_head,
+        )
+    for names, other in ((LINEAR_NAMES, "linear_attention"), (CONV_NAMES, "convolution")):
+        mixer = _child(layer, names)
+        if mixer is not None:
+            out = _child(layer.get_submodule(mixer), O_NAMES)
+            return LayerSpec(other, mixer, None, None, None, f"{mixer}.{out}" if out else mixer, 0, 0, 0)  # type: ignore[arg-type]
     return None
 
 
@@ -136,13 +190,16 @@ def _inside(path: str, roots: list[str]) -> bool:
     return any(path == r or path.startswith(r + ".") for r in roots)
 
 
-def _find_blocks(model: nn.Module, n_layers: int, vision: list[str]) -> str:
+def _find_blocks(model: nn.Module, n_layers: int, n_heads: int, vision: list[str], default_d_head: int) -> str:
     candidates, seen = [], []
     for name, mod in model.named_modules():
         if not isinstance(mod, nn.ModuleList) or not name or _inside(name, vision):
             continue
         seen.append(f"{name} ({len(mod)})")
-        if len(mod) == n_layers and all(_attention_of(layer) is not None for layer in mod):
+        if len(mod) != n_layers:
+            continue
+        infos = [_layer_of(layer, n_heads, default_d_head) for layer in mod]
+        if all(i is not None for i in infos) and any(i.kind == "attention" for i in infos):  # type: ignore[union-attr]
             candidates.append(name)
     if not candidates:
         raise ModelSpecError(
@@ -271,10 +328,22 @@ def infer_spec(model: nn.Module) -> ModelSpec:
             f"cannot infer a spec for {type(model).__name__}: its text config ({type(text_cfg).__name__}) has no "
             f"num_hidden_layers. {_REGISTER_HINT}"
         )
+    n_heads = getattr(text_cfg, "num_attention_heads", None)
+    if not isinstance(n_heads, int):
+        raise ModelSpecError(
+            f"cannot infer a spec for {type(model).__name__}: its text config ({type(text_cfg).__name__}) has no "
+            f"num_attention_heads. {_REGISTER_HINT}"
+        )
     vision = _vision_roots(model)
-    blocks = _find_blocks(model, n_layers, vision)
+    hidden = getattr(text_cfg, "hidden_size", 0)
+    default_d_head = int(hidden) // n_heads if isinstance(hidden, int) else 0
+    blocks = _find_blocks(model, n_layers, n_heads, vision, default_d_head)
+    layer_list: Any = model.get_submodule(blocks)
+    infos = tuple(_layer_of(layer, n_heads, default_d_head) for layer in layer_list)
+    first = next(i for i in infos if i is not None and i.kind == "attention")
+    attn, q, k, v, o = first.mixer, first.q_proj, first.k_proj, first.v_proj, first.o_proj
+    uniform = len(set(infos)) == 1
     layer0 = model.get_submodule(f"{blocks}.0")
-    attn, q, k, v, o = _attention_of(layer0)  # type: ignore[misc]
     mlp = _child(layer0, MLP_NAMES)
     if mlp is None:
         raise ModelSpecError(
@@ -290,15 +359,15 @@ def infer_spec(model: nn.Module) -> ModelSpec:
         missing = [
             what
             for what, found in (
-                (f"a vision tower ({'/'.join(VISION_NAMES)})", vision),
-                (f"a projector ({'/'.join(PROJECTOR_NAMES)})", projector),
-                (f"an image-token id in the config ({'/'.join(IMAGE_TOKEN_ATTRS)})", image_attr),
+                (f"vision tower ({'/'.join(VISION_NAMES)})", vision),
+                (f"projector ({'/'.join(PROJECTOR_NAMES)})", projector),
+                (f"image-token id in the config ({'/'.join(IMAGE_TOKEN_ATTRS)})", image_attr),
             )
             if not found
         ]
         raise ModelSpecError(
-            f"cannot infer the vision side of {type(model).__name__} (its config has a vision_config): no "
-            f"{'; no '.join(missing)}. {_REGISTER_HINT}"
+            f"cannot infer the vision side of {type(model).__name__} (its config has a vision_config): found "
+            f"no {'; no '.join(missing)}. {_REGISTER_HINT}"
         )
     params = _forward_params(model)
     packed = "image_grid_thw" in params  # Qwen-style towers pack every image's patches on one axis
@@ -310,10 +379,10 @@ def infer_spec(model: nn.Module) -> ModelSpec:
         final_norm=(final_norm,),
         unembed=(unembed,),
         attn=attn,
-        q_proj=f"{attn}.{q}",
-        k_proj=f"{attn}.{k}",
-        v_proj=f"{attn}.{v}",
-        o_proj=f"{attn}.{o}",
+        q_proj=str(q),
+        k_proj=str(k),
+        v_proj=str(v),
+        o_proj=o,
         mlp=mlp,
         vision_encoder=(_vision_hook(model, vision[0]),) if multimodal else (),
         vision_projector=(projector,) if projector else (),
@@ -323,7 +392,8 @@ def infer_spec(model: nn.Module) -> ModelSpec:
         vision_dims=("vision_pos", "d_vision") if packed else ("vision_batch", "vision_pos", "d_vision"),
         projector_dims=("image_token", "d_model") if packed else ("vision_batch", "vision_pos", "d_model"),
         nested_images="batch_num_images" in params,
-        fused_qkv=q == k == v,
+        fused_qkv=first.fused_qkv,
         post_norms=_child(layer0, POST_NORM_NAMES) is not None,
+        layers=None if uniform and not first.gated_q else infos,  # type: ignore[arg-type]
     )
     return dataclasses.replace(spec, **FAMILY_FACTS.get(family, {}))  # type: ignore[arg-type]

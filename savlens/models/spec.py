@@ -15,6 +15,42 @@ from torch import nn
 from savlens.errors import ModelSpecError
 
 PositionRule = Literal["mask_cumsum", "mrope"]
+LayerKind = Literal["attention", "linear_attention", "convolution", "cross_attention"]
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One decoder layer: its kind, the paths of its token mixer's modules (relative to the layer) and its sizes.
+
+    Attributes:
+        kind: ``"attention"`` (softmax self-attention heads), ``"cross_attention"`` (heads whose keys and values
+            come from the image), ``"linear_attention"`` (e.g. Gated DeltaNet) or ``"convolution"`` (a short
+            convolution); only the first two have heads that savlens reads.
+        mixer: the token mixer (``self_attn``, ``cross_attn``, ``linear_attn``, ``conv``).
+        q_proj, k_proj, v_proj: projections (None on linear-attention and convolution layers; the same fused
+            module three times when ``fused_qkv``).
+        o_proj: the mixer's output projection (``hook_z`` is its input on attention layers; ``hook_attn_out``
+            its output on every layer).
+        n_heads, n_kv_heads, d_head: the heads of this layer (0 where it has none).
+        fused_qkv: q, k and v come out of one projection, in that order.
+        gated_q: ``q_proj`` gives the query and an output gate per head (``2 * d_head`` per head, query first).
+    """
+
+    kind: LayerKind
+    mixer: str
+    q_proj: str | None
+    k_proj: str | None
+    v_proj: str | None
+    o_proj: str
+    n_heads: int
+    n_kv_heads: int
+    d_head: int
+    fused_qkv: bool = False
+    gated_q: bool = False
+
+    @property
+    def has_heads(self) -> bool:
+        return self.kind in ("attention", "cross_attention")
 
 
 @dataclass(frozen=True)
@@ -67,6 +103,9 @@ class ModelSpec:
         position_offset: the first position id of a sequence (PaliGemma counts from 1; 0 elsewhere).
         text_rows_with_images: the processor accepts a text-only row in a batch with images (PaliGemma's does
             not: it splices its BOS into the text of such a row).
+        layers: per-layer kinds, paths and sizes, for models whose layers differ (linear attention, convolution,
+            cross-attention, per-layer head sizes); None: every layer is softmax attention with the paths
+            ``attn`` / ``q_proj`` / ... and the config's sizes.
         raw_image_text: the text for one image in a raw (``chat=False``) prompt (None: what the chat template
             writes for an image item).
         matches: optional extra predicate ``model -> bool`` (for user specs of custom modules).
@@ -97,6 +136,7 @@ class ModelSpec:
     position_offset: int = 0
     text_rows_with_images: bool = True
     raw_image_text: str | None = None
+    layers: tuple[LayerSpec, ...] | None = None
     matches: Callable[[nn.Module], bool] | None = None
 
     @property
@@ -114,7 +154,10 @@ class ModelSpec:
         try:
             n_heads = int(c.num_attention_heads)
             d_model = int(c.hidden_size)
-            d_head = getattr(c, "head_dim", None) or d_model // n_heads
+            try:
+                d_head = getattr(c, "head_dim", None) or d_model // n_heads
+            except RuntimeError:  # Gemma 4: head_dim differs by layer; the per-layer sizes hold it
+                d_head = d_model // n_heads
             n_kv = getattr(c, "num_key_value_heads", None) or n_heads
             return Sizes(
                 n_layers=int(c.num_hidden_layers),
@@ -184,6 +227,7 @@ class ResolvedSpec:
     vision_projector: str | None
     image_token_id: int | None
     source: str = "built-in"
+    layers: tuple[LayerSpec, ...] = ()
 
     @property
     def family(self) -> str:
@@ -194,9 +238,30 @@ class ResolvedSpec:
         return self.vision_projector is not None
 
     def block_path(self, layer: int, role: str = "") -> str:
-        """Return the path of ``role`` (a spec attribute such as ``"o_proj"``, or "" for the block) in ``layer``."""
+        """Return the path of ``role`` (``"attn"``, ``"q_proj"``, ``"o_proj"``, ``"mlp"``, ..., or "" for the
+        block) in ``layer``."""
         base = f"{self.blocks}.{layer}"
-        return f"{base}.{getattr(self.spec, role)}" if role else base
+        if not role:
+            return base
+        if role == "mlp":
+            return f"{base}.{self.spec.mlp}"
+        info = self.layers[layer]
+        rel = info.mixer if role == "attn" else getattr(info, role)
+        if rel is None:
+            raise ModelSpecError(f"layer {layer} ({info.kind.replace('_', ' ')}) has no {role}.")
+        return f"{base}.{rel}"
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The kind of each decoder layer."""
+        return tuple(info.kind for info in self.layers)
+
+    @property
+    def uniform(self) -> bool:
+        """Every layer is softmax attention with the same head sizes."""
+        return len({(i.kind, i.n_heads, i.n_kv_heads, i.d_head) for i in self.layers}) == 1 and all(
+            i.kind == "attention" for i in self.layers
+        )
 
 
 def resolve_spec(spec: ModelSpec, model: nn.Module, *, source: str = "built-in") -> ResolvedSpec:
@@ -216,34 +281,23 @@ def resolve_spec(spec: ModelSpec, model: nn.Module, *, source: str = "built-in")
         problems.append(f"config says n_layers={sizes.n_layers} but {blocks} has {len(layers)} blocks")
     if sizes.n_heads % sizes.n_kv_heads:
         problems.append(f"n_heads={sizes.n_heads} is not a multiple of n_kv_heads={sizes.n_kv_heads}")
-    for layer in range(len(layers)):
-        for role in ("attn", "q_proj", "k_proj", "v_proj", "o_proj", "mlp"):
+    infos = spec.layers or tuple(_uniform_layer(spec, sizes) for _ in range(len(layers)))
+    if len(infos) != len(layers):
+        problems.append(f"the spec describes {len(infos)} layers but {blocks} has {len(layers)}")
+        infos = ()
+    for layer, info in enumerate(infos):
+        roles = {"attn": info.mixer, "o_proj": info.o_proj, "mlp": spec.mlp}
+        roles.update({r: getattr(info, r) for r in ("q_proj", "k_proj", "v_proj") if getattr(info, r)})
+        for role, rel in roles.items():
             try:
-                get_path(layers[layer], getattr(spec, role))
+                get_path(layers[layer], rel)
             except AttributeError:
                 raise ModelSpecError(
-                    f"spec {spec.family!r}: layer {layer} has no module {getattr(spec, role)!r} (role {role!r}); "
+                    f"spec {spec.family!r}: layer {layer} has no module {rel!r} (role {role!r}); "
                     "the spec does not match this model. savlens reads heads at the attention output projection: "
                     "pass savlens.wrap a spec= with this model's module paths (docs: adding a model)."
                 ) from None
-        want = {
-            "o_proj": (sizes.n_heads * sizes.d_head, sizes.d_model),
-            "q_proj": (sizes.d_model, sizes.n_heads * sizes.d_head),
-            "k_proj": (sizes.d_model, sizes.n_kv_heads * sizes.d_head),
-            "v_proj": (sizes.d_model, sizes.n_kv_heads * sizes.d_head),
-        }
-        if spec.fused_qkv:  # one projection: q, then k, then v along the output features
-            del want["k_proj"], want["v_proj"]
-            want["q_proj"] = (sizes.d_model, (sizes.n_heads + 2 * sizes.n_kv_heads) * sizes.d_head)
-        for role, (fin, fout) in want.items():
-            mod = get_path(layers[layer], getattr(spec, role))
-            got = (getattr(mod, "in_features", None), getattr(mod, "out_features", None))
-            if got != (fin, fout):
-                problems.append(
-                    f"layer {layer} {role}: expected in/out features {fin}/{fout} from the config "
-                    f"(n_heads={sizes.n_heads}, n_kv_heads={sizes.n_kv_heads}, d_head={sizes.d_head}, "
-                    f"d_model={sizes.d_model}), got {got[0]}/{got[1]}"
-                )
+        problems += _size_problems(layer, layers[layer], info, sizes.d_model)
         if problems:
             break
     if problems:
@@ -261,4 +315,50 @@ def resolve_spec(spec: ModelSpec, model: nn.Module, *, source: str = "built-in")
         raise ModelSpecError(
             f"spec {spec.family!r}: the config has none of {list(spec.image_token_attr)} (the image-token id)."
         )
-    return ResolvedSpec(spec, sizes, blocks, final_norm, unembed, venc, vproj, image_token_id, source)
+    return ResolvedSpec(spec, sizes, blocks, final_norm, unembed, venc, vproj, image_token_id, source, infos)
+
+
+def _uniform_layer(spec: ModelSpec, sizes: Sizes) -> LayerSpec:
+    return LayerSpec(
+        "attention",
+        spec.attn,
+        spec.q_proj,
+        spec.k_proj,
+        spec.v_proj,
+        spec.o_proj,
+        sizes.n_heads,
+        sizes.n_kv_heads,
+        sizes.d_head,
+        fused_qkv=spec.fused_qkv,
+    )
+
+
+def _size_problems(layer: int, block: nn.Module, info: LayerSpec, d_model: int) -> list[str]:
+    """Disagreements between a layer's projection sizes and its declared heads."""
+    if not info.has_heads:
+        return []
+    if info.n_kv_heads <= 0 or info.n_heads % info.n_kv_heads:
+        return [f"layer {layer}: n_heads={info.n_heads} is not a multiple of n_kv_heads={info.n_kv_heads}"]
+    nq, nkv = info.n_heads * info.d_head, info.n_kv_heads * info.d_head
+    want: dict[str, tuple[int, int]] = {
+        "o_proj": (nq, d_model),
+        "q_proj": (d_model, nq * (2 if info.gated_q else 1)),
+        "k_proj": (d_model, nkv),
+        "v_proj": (d_model, nkv),
+    }
+    if info.fused_qkv:  # one projection: q, then k, then v along the output features
+        del want["k_proj"], want["v_proj"]
+        want["q_proj"] = (d_model, nq + 2 * nkv)
+    out = []
+    for role, (fin, fout) in want.items():
+        if info.kind == "cross_attention" and role in ("k_proj", "v_proj"):
+            fin = getattr(get_path(block, getattr(info, role)), "in_features", fin)  # keys / values from the image
+        mod = get_path(block, getattr(info, role))
+        got = (getattr(mod, "in_features", None), getattr(mod, "out_features", None))
+        if got != (fin, fout):
+            out.append(
+                f"layer {layer} {role}: expected in/out features {fin}/{fout} from the config "
+                f"(n_heads={info.n_heads}, n_kv_heads={info.n_kv_heads}, d_head={info.d_head}, "
+                f"d_model={d_model}), got {got[0]}/{got[1]}"
+            )
+    return out

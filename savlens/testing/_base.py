@@ -72,19 +72,19 @@ def build_tokenizer(kind: str = "plain") -> Any:
 @recipe("llama", vlm=False)
 def llama(n_layers: int) -> Parts:
     tok = build_tokenizer("plain")
-    return Parts(LlamaConfig(**text_sizes(tok, n_layers), rope_parameters=ROPE), LlamaForCausalLM, tok, tok)
+    return Parts(LlamaConfig(**text_sizes(tok, n_layers), rope_parameters=dict(ROPE)), LlamaForCausalLM, tok, tok)
 
 
 @recipe("qwen2", vlm=False)
 def qwen2(n_layers: int) -> Parts:
     tok = build_tokenizer("plain")
-    return Parts(Qwen2Config(**text_sizes(tok, n_layers), rope_parameters=ROPE), Qwen2ForCausalLM, tok, tok)
+    return Parts(Qwen2Config(**text_sizes(tok, n_layers), rope_parameters=dict(ROPE)), Qwen2ForCausalLM, tok, tok)
 
 
 @recipe("mistral", vlm=False)
 def mistral(n_layers: int) -> Parts:
     tok = build_tokenizer("plain")
-    cfg = MistralConfig(**text_sizes(tok, n_layers), rope_parameters=ROPE, sliding_window=None)
+    cfg = MistralConfig(**text_sizes(tok, n_layers), rope_parameters=dict(ROPE), sliding_window=None)
     return Parts(cfg, MistralForCausalLM, tok, tok)
 
 
@@ -93,7 +93,7 @@ def llava_onevision(n_layers: int) -> Parts:
     tok = build_tokenizer("llava")
     ids = tok.get_vocab().__getitem__  # a KeyError, not silently [UNK], if a special is missing
     cfg = LlavaOnevisionConfig(
-        text_config=dict(text_sizes(tok, n_layers), model_type="qwen2", rope_parameters=ROPE),
+        text_config=dict(text_sizes(tok, n_layers), model_type="qwen2", rope_parameters=dict(ROPE)),
         vision_config=dict(
             model_type="siglip_vision_model",
             hidden_size=32,

@@ -7,6 +7,7 @@ tokenizer. :func:`savlens.testing.tiny.build_tiny` turns it into a seeded model 
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
@@ -120,7 +121,9 @@ def text_sizes(tok: PreTrainedTokenizerFast, n_layers: int) -> dict[str, Any]:
     )
 
 
-ROPE = {"rope_type": "default", "rope_theta": 10000.0}
+ROPE: Any = MappingProxyType({"rope_type": "default", "rope_theta": 10000.0})
+"""Default rotary parameters, read-only: configs get a copy (``dict(ROPE)``), since some (Phi-3) add keys to the
+dict they are given, which would change every later model built from a shared one."""
 
 
 class Parts(NamedTuple):

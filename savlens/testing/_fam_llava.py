@@ -98,7 +98,7 @@ def llava(n_layers: int) -> Parts:
     tok = _llava_tok()
     n_tokens = (TILE // PATCH) ** 2
     cfg = LlavaConfig(
-        text_config=dict(text_sizes(tok, n_layers), model_type="llama", rope_parameters=ROPE),
+        text_config=dict(text_sizes(tok, n_layers), model_type="llama", rope_parameters=dict(ROPE)),
         vision_config=_clip_tower(),
         image_token_index=_ids(tok)("<image>"),
         image_seq_length=n_tokens,
@@ -125,7 +125,9 @@ def llava(n_layers: int) -> Parts:
 def llava_next(n_layers: int) -> Parts:
     tok = _llava_tok()
     cfg = LlavaNextConfig(
-        text_config=dict(text_sizes(tok, n_layers), model_type="mistral", rope_parameters=ROPE, sliding_window=None),
+        text_config=dict(
+            text_sizes(tok, n_layers), model_type="mistral", rope_parameters=dict(ROPE), sliding_window=None
+        ),
         vision_config=_clip_tower(),
         image_token_index=_ids(tok)("<image>"),
         image_grid_pinpoints=[list(p) for p in NEXT_PINPOINTS],
@@ -169,7 +171,7 @@ def llava_onevision1_5(n_layers: int) -> Parts:
     )
     ids = _ids(tok)
     cfg = LlavaOnevision15Config(
-        text_config=dict(text_sizes(tok, n_layers), model_type="qwen3", rope_parameters=ROPE),
+        text_config=dict(text_sizes(tok, n_layers), model_type="qwen3", rope_parameters=dict(ROPE)),
         vision_config=dict(
             depth=2,
             hidden_size=32,
@@ -221,7 +223,7 @@ def internvl(n_layers: int) -> Parts:
     downsample = 0.5
     seq = int((TILE // PATCH * downsample) ** 2)
     cfg = InternVLConfig(
-        text_config=dict(text_sizes(tok, n_layers), model_type="qwen2", rope_parameters=ROPE),
+        text_config=dict(text_sizes(tok, n_layers), model_type="qwen2", rope_parameters=dict(ROPE)),
         vision_config=_tower("internvl_vision", image_size=[TILE, TILE], patch_size=[PATCH, PATCH]),
         image_token_id=_ids(tok)("<IMG_CONTEXT>"),
         image_seq_length=seq,
@@ -257,7 +259,9 @@ def mistral3(n_layers: int) -> Parts:
     )
     merge, longest = 2, 2 * TILE
     cfg = Mistral3Config(
-        text_config=dict(text_sizes(tok, n_layers), model_type="mistral", rope_parameters=ROPE, sliding_window=None),
+        text_config=dict(
+            text_sizes(tok, n_layers), model_type="mistral", rope_parameters=dict(ROPE), sliding_window=None
+        ),
         vision_config=dict(
             model_type="pixtral",
             hidden_size=32,
@@ -296,7 +300,7 @@ def _cohere2_text(tok: Any, n_layers: int) -> dict[str, Any]:
     return dict(
         text_sizes(tok, n_layers),
         model_type="cohere2",
-        rope_parameters=ROPE,
+        rope_parameters=dict(ROPE),
         sliding_window=32,
         layer_types=layer_types,
     )

@@ -122,7 +122,7 @@ def gemma2(n_layers: int) -> Parts:
     tok = _gemma_tokenizer()
     cfg = Gemma2Config(
         **text_sizes(tok, n_layers),
-        rope_parameters=ROPE,
+        rope_parameters=dict(ROPE),
         sliding_window=4,
         layer_types=_alternating(n_layers),
         query_pre_attn_scalar=16,  # head_dim, as the real checkpoints
@@ -145,7 +145,7 @@ def gemma3_text(n_layers: int) -> Parts:
 @recipe("qwen3", vlm=False, notes="q/k RMS norms per head; no BOS")
 def qwen3(n_layers: int) -> Parts:
     tok = word_tokenizer(CHATML_SPECIALS, chat_template=chatml_template(NO_IMAGE, NO_IMAGE))
-    cfg = Qwen3Config(**text_sizes(tok, n_layers), rope_parameters=ROPE)
+    cfg = Qwen3Config(**text_sizes(tok, n_layers), rope_parameters=dict(ROPE))
     return Parts(cfg, Qwen3ForCausalLM, tok, tok)
 
 
@@ -165,7 +165,7 @@ def phi3(n_layers: int) -> Parts:
     tok = word_tokenizer(PHI3_SPECIALS, chat_template=PHI3_TEMPLATE, eos="<|end|>", pad="<|endoftext|>", bos="<s>")
     sizes = text_sizes(tok, n_layers)
     del sizes["head_dim"]  # Phi-3 has no head_dim field: hidden_size / num_attention_heads = 16
-    cfg = Phi3Config(**sizes, rope_parameters=ROPE, original_max_position_embeddings=512)
+    cfg = Phi3Config(**sizes, rope_parameters=dict(ROPE), original_max_position_embeddings=512)
     return Parts(cfg, Phi3ForCausalLM, tok, tok)
 
 
@@ -234,7 +234,7 @@ def idefics3(n_layers: int) -> Parts:
         chat_template=tok.chat_template,
     )
     cfg = Idefics3Config(
-        text_config=dict(text_sizes(tok, n_layers), model_type="llama", rope_parameters=ROPE),
+        text_config=dict(text_sizes(tok, n_layers), model_type="llama", rope_parameters=dict(ROPE)),
         vision_config=_idefics_vision(),
         image_token_id=_ids(tok)("<image>"),
         scale_factor=IDEFICS_SCALE,
@@ -280,7 +280,7 @@ def smolvlm(n_layers: int) -> Parts:
         chat_template=tok.chat_template,
     )
     cfg = SmolVLMConfig(
-        text_config=dict(text_sizes(tok, n_layers), model_type="llama", rope_parameters=ROPE),
+        text_config=dict(text_sizes(tok, n_layers), model_type="llama", rope_parameters=dict(ROPE)),
         vision_config=_idefics_vision(),
         image_token_id=_ids(tok)("<image>"),
         scale_factor=IDEFICS_SCALE,
@@ -347,7 +347,7 @@ def janus(n_layers: int) -> Parts:
         num_image_tokens=DS_TOKENS,
     )
     cfg = JanusConfig(
-        text_config=dict(text_sizes(tok, n_layers), model_type="llama", rope_parameters=ROPE),
+        text_config=dict(text_sizes(tok, n_layers), model_type="llama", rope_parameters=dict(ROPE)),
         vision_config=dict(
             hidden_size=32,
             num_hidden_layers=2,
@@ -386,7 +386,7 @@ def deepseek_vl(n_layers: int) -> Parts:
         num_image_tokens=DS_TOKENS,
     )
     cfg = DeepseekVLConfig(
-        text_config=dict(text_sizes(tok, n_layers), model_type="llama", rope_parameters=ROPE),
+        text_config=dict(text_sizes(tok, n_layers), model_type="llama", rope_parameters=dict(ROPE)),
         vision_config=dict(
             model_type="siglip_vision_model",
             hidden_size=32,
@@ -452,7 +452,7 @@ def fast_vlm(n_layers: int) -> Parts:
         chat_template=tok.chat_template,
     )
     cfg = FastVlmConfig(
-        text_config=dict(text_sizes(tok, n_layers), model_type="qwen2", rope_parameters=ROPE),
+        text_config=dict(text_sizes(tok, n_layers), model_type="qwen2", rope_parameters=dict(ROPE)),
         vision_config=dict(
             model_type="timm_wrapper",
             architecture="fastvit_mci3",
@@ -515,7 +515,7 @@ def perception_lm(n_layers: int) -> Parts:
         chat_template=tok.chat_template,
     )
     cfg = PerceptionLMConfig(
-        text_config=dict(text_sizes(tok, n_layers), model_type="llama", rope_parameters=ROPE),
+        text_config=dict(text_sizes(tok, n_layers), model_type="llama", rope_parameters=dict(ROPE)),
         vision_config=dict(
             model_type="timm_wrapper",
             architecture="vit_pe_core_large_patch14_336",

@@ -29,6 +29,22 @@ from savlens.tracing import trace
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 JSON_PATH = DOCS / "models-coverage.json"
 START, END = "<!-- coverage:start -->", "<!-- coverage:end -->"
+#: families whose fp32 SDPA batch invariance transformers itself breaks (the contract tests run them under eager)
+SDPA_NOT_INVARIANT = {
+    "phi4_multimodal": "transformers 5.25 sets `is_causal = True` on Phi-4's vision attention, so under SDPA an "
+    "image whose crops have no padded patches is encoded causally and one beside padded crops bidirectionally; "
+    "under eager attention rows agree to 1.4e-6",
+}
+#: families where bf16 eager is not bit-exact, and the bound the tests hold them to
+BF16_EAGER_NOT_EXACT = {
+    "gemma4": (2e-5, "a text-only row beside image rows differs by ~1e-5; image rows alone are exact"),
+}
+#: what the families' own code does to rows that savlens cannot change
+FAMILY_NOTES = {
+    "mllama": "rows with different numbers of images are not invariant (0.17 on the tiny model): the row with fewer "
+    "images gets padded image slots that the cross-attention layer reads (transformers 5.25); rows with the same "
+    "number of images agree",
+}
 TEXTS = ("what color is the circle ?", "is there a red shape in the picture and what else is there ?", "hello")
 
 
@@ -62,8 +78,16 @@ def facts(model: Model) -> dict[str, Any]:
     if spec.position_offset:
         position += f" (from {spec.position_offset})"
     kept = sorted(p for p in ("token_type_ids", "mm_token_type_ids") if p in model.forward_params)
+    kinds = model.resolved.kinds
+    widths = sorted({i.d_head for i in model.resolved.layers if i.has_heads})
+    layer_text = "all attention" if set(kinds) == {"attention"} else ", ".join(k.replace("_", " ") for k in kinds)
+    if len(widths) > 1:
+        layer_text += f"; d_head {' / '.join(map(str, widths))} by layer"
+    if any(i.gated_q for i in model.resolved.layers):
+        layer_text += "; gated query"
     return {
         "class": type(model.hf).__name__,
+        "layers": layer_text,
         "spec": model.resolved.source,
         "blocks": model.resolved.blocks,
         "positions": position,
@@ -95,9 +119,9 @@ def coverage_markdown(data: dict[str, Any]) -> str:
     """The coverage table (between the markers) rendered from the JSON."""
     lines = [
         START,
-        "| family | HF class | spec | decoder layers | positions | inputs kept | text-only rows beside images | "
-        "batch Δ fp32 SDPA | batch Δ bf16 eager |",
-        "|---|---|---|---|---|---|---|---:|---:|",
+        "| family | HF class | spec | decoder layers | layer kinds (3 layers) | positions | inputs kept | "
+        "text-only rows beside images | batch Δ fp32 SDPA | batch Δ bf16 eager |",
+        "|---|---|---|---|---|---|---|---|---:|---:|",
     ]
     for r in data["families"]:
         kept = ", ".join(f"`{k}`" for k in r["kept_inputs"]) or "–"
@@ -105,7 +129,8 @@ def coverage_markdown(data: dict[str, Any]) -> str:
         layers = f"`{r['blocks']}`" + (f" ({', '.join(extra)})" if extra else "")
         rows = ("yes" if r["text_only_rows"] else "no (refused)") if r["multimodal"] else "n/a (text LM)"
         lines.append(
-            f"| `{r['family']}` | `{r['class']}` | {r['spec']} | {layers} | {r['positions']} | {kept} | {rows} | "
+            f"| `{r['family']}` | `{r['class']}` | {r['spec']} | {layers} | {r['layers']} | {r['positions']} | {kept} "
+            f"| {rows} | "
             f"{_fmt(r['fp32_sdpa'])} | {_fmt(r['bf16_eager'])} |"
         )
     m = data["machine"]
@@ -116,8 +141,14 @@ def coverage_markdown(data: dict[str, Any]) -> str:
         "4 query heads over 2 KV heads of 16 dims; weights redrawn from N(0, 0.15) so that padding bugs show). "
         "Batch Δ: max |Δ| of last-token `hook_z` between one left-padded batch of three rows (two image sizes and "
         "a text-only row where the family accepts one) and each row alone. The contract tests "
-        "(tests/test_trace.py) hold every family to 2e-5 in fp32 and to exact equality in bf16 eager."
+        "(tests/test_trace.py) hold every family to 2e-5 in fp32 and to exact equality in bf16 eager, except where "
+        "a note below says why not."
     )
+    lines.append("")
+    for fam, why in {**SDPA_NOT_INVARIANT, **{f: w for f, (_, w) in BF16_EAGER_NOT_EXACT.items()}}.items():
+        lines.append(f"- `{fam}`: {why}.")
+    for fam, why in FAMILY_NOTES.items():
+        lines.append(f"- `{fam}`: {why}.")
     lines.append(END)
     return "\n".join(lines)
 
