@@ -102,3 +102,19 @@ def test_heads_of_different_widths_equal_sav_on_each_heads_own_vector() -> None:
         mu = torch.stack([x[[i for i, y in enumerate(feats.labels) if y == c]].mean(0) for c in sav.classes_])
         sim = torch.nn.functional.cosine_similarity(x[:, None], mu[None], dim=-1)
         assert torch.allclose(votes.similarity[:, rank], sim, atol=1e-6)
+
+
+def test_mixed_width_features_go_through_the_store_and_save_load(tmp_path: object) -> None:
+    from pathlib import Path
+
+    model = tiny("gemma4_text")
+    exs = [savlens.Example(e.text, label=e.label, id=f"e{i}") for i, e in enumerate(_examples("gemma4_text", 8))]
+    store = Path(str(tmp_path)) / "store"
+    feats = savlens.extract(model, exs, batch_size=3, store=store, progress=False)
+    again = savlens.extract(model, exs, batch_size=3, store=store, progress=False)  # read back from the shards
+    assert torch.equal(again.z, feats.z) and feats.z.shape[-1] == 32
+    sav = savlens.SAV(k=5).fit(feats)
+    sav.save(Path(str(tmp_path)) / "g4.sav")
+    loaded = savlens.SAV.load(Path(str(tmp_path)) / "g4.sav")
+    assert loaded.predict(feats) == sav.predict(feats)
+    assert [str(h) for h in loaded.heads_] == [str(h) for h in sav.heads_]
