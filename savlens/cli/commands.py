@@ -405,3 +405,53 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     text = f"{matrix}\n\n{overlap}" + "".join(f"\n{k}: {payload[k]}" for k in ("plot", "overlay") if k in payload)
     emit(args, payload, text)
     return EXIT_OK
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    """Run ``savlens study``: a study config file -> the result table (CSV, JSON) and the standard figures."""
+    from savlens.study import run_study, write_figures
+    from savlens.study.files import load_study_file, task_features
+
+    spec = load_study_file(need_path(args.config, "study config"))
+    out_dir = Path(args.out) if args.out else spec.out_dir
+    model: Any = None
+
+    def get_model() -> Any:
+        nonlocal model
+        if model is None:
+            m = spec.model
+            if "name" not in m:
+                raise UsageError(
+                    f"{args.config}: a task's store lacks examples that must be extracted; add [model] name = ..."
+                )
+            model = load_model(
+                m["name"], dtype=m.get("dtype", "auto"), attn=m.get("attn", "sdpa"), device=m.get("device")
+            )
+        return model
+
+    t0 = time.perf_counter()
+    tasks, groups = {}, {}
+    for name, task in spec.tasks.items():
+        feats, group = task_features(
+            task, get_model, batch_size=int(spec.model.get("batch_size", 8)), progress=not args.quiet
+        )
+        tasks[name] = feats
+        if group is not None:
+            groups[name] = group
+    features_s = time.perf_counter() - t0
+    table = run_study(tasks, spec.grid, groups=groups or None, progress=not args.quiet)
+    files = {"csv": str(table.to_csv(out_dir / "study.csv")), "json": str(table.to_json(out_dir / "study.json"))}
+    if spec.figures and not args.no_figures:
+        files |= write_figures(table, out_dir)
+    payload = {
+        "config": str(args.config),
+        "out": str(out_dir),
+        "files": files,
+        "n_rows": len(table),
+        "seconds_features": round(features_s, 1),
+        "seconds_total": round(time.perf_counter() - t0, 1),
+        "summary": table.to_dict()["summary"],
+    }
+    text = f"{table}\n\n{len(table)} rows; wrote " + ", ".join(files.values())
+    emit(args, payload, text)
+    return EXIT_OK
