@@ -260,7 +260,7 @@ def test_summary_export_and_figures(tmp_path: Path) -> None:
         "transfer.png",
     }
     assert all(Path(p).stat().st_size > 5000 for p in written.values())
-    curves = table.curves("shots", "a")
+    curves = table.curves("shots", "a", k=2)
     assert curves["x"] == [4, 8] and list(curves["curves"]) == ["centroid/majority"]
     assert curves["curves"]["centroid/majority"][0] == values
 

@@ -221,6 +221,23 @@ class StudyTable:
             )
         return out
 
+    def to_markdown(self, columns: Sequence[str] = ("target", "shots", "k", "criterion", "voting")) -> str:
+        """Return the summary over seeds as a Markdown table: ``columns``, then accuracy (mean ± sd and its 95%
+        interval) and macro-F1 (mean ± sd), one line per setting. Select rows first with :meth:`select`."""
+        acc, f1 = self.summary("accuracy"), self.summary("macro_f1")
+        head = [*columns, "seeds", "accuracy", "95% interval", "macro-F1"]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(columns) + "---:|" * 4]
+        for a, f in zip(acc, f1):
+            cells = ["-" if a[c] is None else str(a[c]) for c in columns]
+            cells += [
+                str(a["n"]),
+                f"{a['mean']:.3f} ± {a['sd']:.3f}",
+                f"{a['ci_low']:.3f} .. {a['ci_high']:.3f}",
+                f"{f['mean']:.3f} ± {f['sd']:.3f}",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
     def __str__(self) -> str:
         acc, f1 = self.summary("accuracy"), self.summary("macro_f1")
         cols = ["kind", "source", "target", "shots", "k", "criterion", "voting"]
@@ -287,14 +304,14 @@ class StudyTable:
         """Return ``{"x": values, "curves": {name: one list of per-seed accuracies per x value}}`` for the SAV
         rows (``kind="sav"``) of ``target``, one curve per distinct ``label`` columns, other columns fixed.
 
-        ``x`` is ``"shots"`` or ``"k"``; ``fixed`` gives the other columns' values (defaults: the first value of
-        each in the table).
+        ``x`` is ``"shots"`` or ``"k"``; ``fixed`` gives the other columns' values (defaults: the most shots, the
+        k nearest 20 (the paper's), the first criterion, mode and voting rule of the table).
         """
         rows = [r for r in self.rows if r.kind == "sav" and r.target == target]
         for name in ("shots", "k", "criterion", "mode", "voting"):
             if name == x or name in label:
                 continue
-            want = fixed.get(name, rows[0].__dict__[name] if rows else None)
+            want = fixed.get(name, _default(rows, name))
             rows = [r for r in rows if getattr(r, name) == want]
         xs = sorted({getattr(r, x) for r in rows})
         curves: dict[str, list[list[float]]] = {}
@@ -307,7 +324,7 @@ class StudyTable:
         """Return the seed-mean :class:`~savlens.transfer.TransferMatrix` of one setting (mean and sd over seeds).
 
         Cells with no row (a pair the study did not run) are NaN. ``fixed`` picks ``shots``, ``k``,
-        ``criterion``, ``mode``, ``voting`` (defaults: each column's first value among the SAV rows). The
+        ``criterion``, ``mode``, ``voting`` (defaults as for :meth:`curves`). The
         baseline rows are those of the same shots (and k, for random heads) and seed, under majority voting.
         """
         from savlens.heads import HeadSet
@@ -316,7 +333,7 @@ class StudyTable:
         sav = [r for r in self.rows if r.kind in ("sav", "transfer")]
         if not sav:
             raise ArgumentError("StudyTable.transfer_matrix: the table has no SAV rows.")
-        want = {n: fixed.get(n, getattr(sav[0], n)) for n in ("shots", "k", "criterion", "mode", "voting")}
+        want = {n: fixed.get(n, _default(sav, n)) for n in ("shots", "k", "criterion", "mode", "voting")}
         rows = [r for r in sav if all(getattr(r, n) == v for n, v in want.items())]
         tasks = tuple(self.tasks)
         seeds = sorted({r.seed for r in rows})
@@ -350,14 +367,17 @@ class StudyTable:
         return TransferMatrix.mean(matrices)
 
 
-def write_figures(table: StudyTable, folder: str | os.PathLike[str]) -> dict[str, str]:
-    """Write the study's standard figures into ``folder``; return name -> path.
+def write_figures(table: StudyTable, folder: str | os.PathLike[str], *, prefix: str = "") -> dict[str, str]:
+    """Write the study's standard figures into ``folder`` (file names after ``prefix``); return name -> path.
 
     - ``accuracy-vs-shots-<task>.png`` (when the study has several shots): one curve per criterion and voting
       rule, mean over seeds with a min-max band (:func:`savlens.plot.accuracy_vs_shots`);
     - ``accuracy-vs-k-<task>.png`` (when it has several k): the same against k;
-    - ``transfer.png`` (when it has transfer rows or baselines): the seed-mean transfer matrix at the first
-      shots, k, criterion and voting rule, with its baseline rows (:func:`savlens.plot.transfer_heatmap`).
+    - ``transfer.png`` (when it has transfer rows or baselines): the seed-mean transfer matrix with its baseline
+      rows (:func:`savlens.plot.transfer_heatmap`).
+
+    The settings not on an axis are fixed as in :meth:`StudyTable.curves`: the most shots, the k nearest 20,
+    the first criterion, mode and voting rule.
     """
     from savlens import plot
 
@@ -368,6 +388,7 @@ def write_figures(table: StudyTable, folder: str | os.PathLike[str]) -> dict[str
     chance = {t: 1.0 / max(1, len(info.get("classes", []))) for t, info in table.tasks.items()}
 
     def save(fig: Any, name: str) -> None:
+        name = prefix + name
         path = out_dir / name
         fig.savefig(path, dpi=110)
         written[name] = str(path)
@@ -378,11 +399,32 @@ def write_figures(table: StudyTable, folder: str | os.PathLike[str]) -> dict[str
                 continue
             c = table.curves(x, task)
             if c["curves"]:
-                fig = draw(c["x"], c["curves"], chance=chance[task], title=f"{task}: accuracy vs {x} (mean of seeds)")
+                fixed = "k" if x == "shots" else "shots"
+                value = _default([r for r in table.rows if r.kind == "sav"], fixed)
+                title = f"{task}: accuracy vs {x} ({fixed}={value}; mean, min-max of seeds)"
+                fig = draw(c["x"], c["curves"], chance=chance[task], title=title)
                 save(fig, f"accuracy-vs-{x}-{_slug(task)}.png")
     if any(r.kind in ("transfer", "random", "all") for r in table.rows) and len(table.tasks) > 0:
-        save(plot.transfer_heatmap(table.transfer_matrix()), "transfer.png")
+        matrix = table.transfer_matrix()
+        title = f"head transfer, k={matrix.k}" + (
+            f" (mean ± sd, {matrix.n_matrices} seeds)" if matrix.n_matrices > 1 else ""
+        )
+        fig = plot.transfer_heatmap(matrix, title=title)
+        fig.set_size_inches(max(5.0, 1.6 * len(table.tasks) + 3.2), max(3.6, 0.7 * (len(table.tasks) + 2) + 2.0))
+        save(fig, "transfer.png")
     return written
+
+
+def _default(rows: Sequence[StudyRow], name: str) -> Any:
+    """The value a figure fixes column ``name`` at: the most shots, the k nearest 20, else the first value."""
+    values = list(dict.fromkeys(getattr(r, name) for r in rows))
+    if not values:
+        return None
+    if name == "shots":
+        return max(values)
+    if name == "k":
+        return min(values, key=lambda k: (abs(k - 20), k))
+    return values[0]
 
 
 def _slug(name: Hashable) -> str:
