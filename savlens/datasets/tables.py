@@ -125,10 +125,16 @@ def load_table(
         source: a ``datasets.Dataset`` (or any object with ``column_names`` whose iteration yields row dicts), a
             ``DatasetDict`` (with ``split``), a ``.parquet`` path, or a list of dicts.
         split: the split of a ``DatasetDict``.
-        text_key, label_key, image_key, id_key, template, max_text_chars, check_images, require_label: as in
-            :func:`savlens.datasets.load_examples`.
+        text_key: the text column, or several names tried in order.
+        label_key: the label column(s) (a missing label gives ``None``).
+        image_key: the image column(s); all present are used, in order.
+        id_key: the id column (None: number the rows).
+        template: a ``str.format`` template for the text, given the row's columns (labels withheld).
         root: the folder relative image paths are resolved against (default: the parquet file's folder, or the
             current folder); paths outside it are refused.
+        max_text_chars: refuse longer texts (None: no limit); text is never truncated.
+        check_images: check that each image file given by path exists.
+        require_label: raise :class:`~savlens.errors.LabelError` on a row without a label.
         class_names: give a ``ClassLabel`` column's class names rather than its integers.
 
     Example:
