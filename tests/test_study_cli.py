@@ -142,3 +142,16 @@ def test_bad_study_files_exit_2_before_any_work(
 def test_study_help(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "study", "--help")
     assert code == 0 and "TOML" in out and "--no-figures" in out and "docs/studies.md" in " ".join(out.split())
+
+
+def test_fit_takes_a_voting_rule(study_dir: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    store = study_dir / "stores" / "colour"
+    code, out, err = run(
+        capsys, "fit", store, "--out", tmp_path / "r.sav", "--k", "4", "--voting", "reliability", "--json"
+    )
+    assert code == 0, err
+    assert json.loads(out)["voting"] == "reliability"
+    sav = savlens.SAV.load(tmp_path / "r.sav")
+    expected = savlens.SAV(k=4, voting="reliability").fit(savlens.open_store(store))
+    assert sav.voting == "reliability" and sav.vote_weights_.tolist() == expected.vote_weights_.tolist()
+    assert run(capsys, "fit", store, "--out", tmp_path / "x.sav", "--voting", "plurality")[0] == 2

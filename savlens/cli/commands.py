@@ -162,7 +162,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
     path = need_path(args.data, "data")
     options = store_options(path) if is_store(path) else extract_options(args)
     feats = read_features(args, args.data)
-    sav = SAV(k=args.k, scorer=args.scorer, mode=args.mode, seed=args.seed, reference=args.reference).fit(feats)
+    sav = SAV(
+        k=args.k, scorer=args.scorer, mode=args.mode, seed=args.seed, reference=args.reference, voting=args.voting
+    ).fit(feats)
     sav.source_.setdefault("meta", {})["extract"] = {k: options.get(k) for k in ("chat", "system_prompt")}
     sav.save(args.out)
     scores = sav.scores_
@@ -176,6 +178,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         "n_examples": feats.n_examples,
         "features": feats.describe(),
         "criterion": criterion,
+        "voting": args.voting,
     }
     if args.plot and scores is not None:
         from savlens import plot

@@ -204,6 +204,7 @@ def _extract(add: _Add) -> None:
 
 def _fit(add: _Add) -> None:
     from savlens.scoring import available_scorers
+    from savlens.voting import available_votings
 
     p = add(
         "fit",
@@ -221,6 +222,12 @@ def _fit(add: _Add) -> None:
         help="how the criterion holds examples out (default: the criterion's; centroid: loo)",
     )
     p.add_argument("--seed", type=int, default=0, help="fold and tie-break seed")
+    p.add_argument(
+        "--voting",
+        default="majority",
+        choices=list(available_votings()),
+        help="how the heads' votes are counted (weights learned on these examples; docs/voting.md)",
+    )
     p.add_argument("--reference", action="store_true", help="reproduce the reference code exactly (in-sample scores)")
     p.add_argument("--plot", default=None, help="also write the head-score heatmap to this PNG")
     _data_options(p)
