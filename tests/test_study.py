@@ -137,6 +137,11 @@ def test_weighted_voting_is_never_worse_than_majority_on_a_planted_case() -> Non
     assert np.mean(acc["majority"]) < 0.75 and np.mean(acc["reliability"]) > 0.9
 
 
+def test_n_test_per_task() -> None:
+    table = run_study(TASKS, shots=[3], k=[2], n_test={"a": 4})
+    assert {r.target: r.n_test for r in table.rows} == {"a": 8, "b": 48 - 9}
+
+
 def test_the_same_config_twice_gives_the_same_table() -> None:
     grid = dict(
         shots=[4, 8], k=[2, 5], seeds=[0, 3], criteria=["centroid", "fisher"], voting=["majority", "reliability"]
@@ -189,6 +194,8 @@ BAD = [
     (dict(seeds=[1, 1]), "seeds holds a value twice"),
     (dict(baselines=["zero-shot"]), "baselines: unknown"),
     (dict(repeats=3), r"unknown study settings \['repeats'\]"),
+    (dict(n_test={"a": 5, "c": 2}), r"n_test names tasks \['c'\]"),
+    (dict(shots=[10], n_test={"b": 7}), r"task 'b': shots=10 \+ n_test=7 needs 17"),
 ]
 
 

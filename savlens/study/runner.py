@@ -35,7 +35,8 @@ class StudyConfig:
         transfer: ``(source, target)`` pairs: heads chosen on ``source``'s shots, used with ``target``'s shots
             and test examples; ``"all"`` for every ordered pair of different tasks. Every task is always run
             on itself (``kind="sav"``).
-        n_test: test examples per class (None: all those not drawn as shots and not sharing a group with one).
+        n_test: test examples per class (None: all those not drawn as shots and not sharing a group with one), or
+            task name -> that (tasks left out: None).
         baselines: any of ``"random"`` (``k`` random heads, mean of ``n_random`` draws) and ``"all"`` (every
             head votes), per target task, under majority voting.
         n_random: draws of random heads per baseline row.
@@ -48,7 +49,7 @@ class StudyConfig:
     modes: tuple[str | None, ...] = (None,)
     voting: tuple[str | Callable[..., Any], ...] = ("majority",)
     transfer: tuple[tuple[str, str], ...] | str = ()
-    n_test: int | None = None
+    n_test: int | Mapping[str, int | None] | None = None
     baselines: tuple[str, ...] = ()
     n_random: int = 10
 
@@ -144,7 +145,9 @@ def make_config(config: StudyConfig | Mapping[str, Any] | None = None, **grid: A
     elif isinstance(transfer, str) and transfer != "all":
         raise StudyConfigError(f"transfer must be 'all' or a list of [source, target] pairs; got {transfer!r}.")
     n_test = d["n_test"]
-    if n_test is not None:
+    if isinstance(n_test, Mapping):
+        n_test = {str(t): None if v is None else _positive_ints(f"n_test[{t!r}]", v)[0] for t, v in n_test.items()}
+    elif n_test is not None:
         n_test = _positive_ints("n_test", n_test)[0]
     baselines = _as_tuple("baselines", d["baselines"]) if d["baselines"] else ()
     bad = [b for b in baselines if b not in BASELINES]
@@ -236,6 +239,10 @@ def run_study(
     names = [str(n) for n in tasks]
     feats = {str(n): _features(str(n), v) for n, v in tasks.items()}
     pairs = _pairs(cfg, names)
+    if isinstance(cfg.n_test, Mapping):
+        extra = sorted(set(cfg.n_test) - set(names))
+        if extra:
+            raise StudyConfigError(f"n_test names tasks {extra} that are not in tasks {names}.")
     for a, b in pairs:
         try:
             feats[a].check_compatible(feats[b], f"the features of tasks {a!r} and {b!r}")
@@ -260,7 +267,7 @@ def run_study(
             raise StudyConfigError(f"groups name tasks {extra} that are not in tasks {names}.")
     labels = {n: [str(v) if not isinstance(v, int | str) else v for v in f.labels or []] for n, f in feats.items()}
     splits = {
-        (n, shots, seed): draw_split(labels[n], shots, cfg.n_test, seed, group_of[n], f"task {n!r}")
+        (n, shots, seed): draw_split(labels[n], shots, _n_test(cfg, n), seed, group_of[n], f"task {n!r}")
         for seed in cfg.seeds
         for shots in cfg.shots
         for n in names
@@ -284,6 +291,10 @@ def run_study(
 
                 print(f"study: seed {seed}, shots {shots}: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return StudyTable(rows, {**cfg.to_dict(), "groups": _describe_groups(groups)}, info)
+
+
+def _n_test(cfg: StudyConfig, task: str) -> int | None:
+    return cfg.n_test.get(task) if isinstance(cfg.n_test, Mapping) else cfg.n_test
 
 
 def _describe_groups(groups: Any) -> Any:
