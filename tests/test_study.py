@@ -20,6 +20,7 @@ from savlens.study import (
     StudyTable,
     check_disjoint,
     class_metrics,
+    draw_nested_split,
     draw_split,
     resolve_groups,
     run_study,
@@ -84,6 +85,40 @@ def test_without_groups_the_split_is_few_shot_split() -> None:
     for seed in range(4):
         train, test = few_shot_split(examples, 4, 3, seed=seed)
         assert draw_split(labels, 4, 3, seed=seed) == ([int(e.id) for e in train], [int(e.id) for e in test])  # type: ignore[arg-type]
+
+
+def seed_split(labels: list[str], n_test: int, seed: int) -> tuple[list[int], dict[str, list[int]]]:
+    """The split of experiments/text_analysis.py: a test set first, then ordered training candidates per class."""
+    rng = np.random.default_rng(seed)
+    by_class: dict[str, list[int]] = {}
+    for i, y in enumerate(labels):
+        by_class.setdefault(y, []).append(i)
+    test, candidates = [], {}
+    for y, idx in by_class.items():
+        perm = [idx[j] for j in rng.permutation(len(idx))]
+        test += perm[:n_test]
+        candidates[y] = perm[n_test:]
+    return sorted(test), candidates
+
+
+def test_nested_splits_share_the_test_set_and_grow_the_shots() -> None:
+    labels = [f"c{(i * 5) % 3}" for i in range(36)]
+    for seed in range(3):
+        trains, test = draw_nested_split(labels, [1, 3, 6], 4, seed=seed)
+        want_test, candidates = seed_split(labels, 4, seed)
+        assert test == want_test
+        for s in (1, 3, 6):
+            assert trains[s] == sorted(i for idx in candidates.values() for i in idx[:s])
+        assert set(trains[1]) <= set(trains[3]) <= set(trains[6]) and not set(trains[6]) & set(test)
+    groups = [i // 3 for i in range(36)]
+    trains, test = draw_nested_split(labels, [1, 2], 2, seed=0, groups=groups)
+    assert check_disjoint(trains[2], test, groups)
+    with pytest.raises(StudyConfigError, match=r"shots=9 \+ n_test=4 needs 13 examples per class"):
+        draw_nested_split(labels, [1, 9], 4)
+    table = run_study(TASKS, shots=[2, 5], k=[2], n_test=3, nested=True, seeds=[0, 1])
+    assert {(r.shots, r.n_test) for r in table.rows} == {(2, 6), (5, 6), (2, 9), (5, 9)}
+    with pytest.raises(StudyConfigError, match="nested = true draws one test set per seed: give n_test"):
+        run_study(TASKS, shots=[2], k=[2], nested=True)
 
 
 def test_group_keys_from_a_pattern_a_mapping_and_a_function() -> None:

@@ -11,7 +11,7 @@ See docs/studies.md.
 """
 
 from savlens.study.runner import StudyConfig, make_config, run_study
-from savlens.study.split import check_disjoint, draw_split, resolve_groups
+from savlens.study.split import check_disjoint, draw_nested_split, draw_split, resolve_groups
 from savlens.study.table import SETTING, StudyRow, StudyTable, class_metrics, t_quantile_975, write_figures
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "StudyTable",
     "check_disjoint",
     "class_metrics",
+    "draw_nested_split",
     "draw_split",
     "make_config",
     "resolve_groups",

@@ -15,7 +15,7 @@ from savlens.errors import FeatureError, SavlensError, StudyConfigError
 from savlens.heads import HeadScores, HeadSet
 from savlens.sav import SAV
 from savlens.scoring import MODES, Scorer, encode_labels, get_scorer, run_scorer, scorer_name
-from savlens.study.split import Groups, draw_split, resolve_groups
+from savlens.study.split import Groups, draw_nested_split, draw_split, resolve_groups
 from savlens.study.table import StudyRow, StudyTable, class_metrics
 from savlens.transfer import BASELINES
 from savlens.voting import get_voting, voting_name
@@ -40,6 +40,9 @@ class StudyConfig:
         baselines: any of ``"random"`` (``k`` random heads, mean of ``n_random`` draws) and ``"all"`` (every
             head votes), per target task, under majority voting.
         n_random: draws of random heads per baseline row.
+        nested: draw one test set per task and seed (``n_test`` per class, required) and nested training sets
+            (the ``s``-shot set is a prefix of the larger ones): :func:`~savlens.study.draw_nested_split`. The
+            default draws each shots setting's split afresh (:func:`~savlens.study.draw_split`).
     """
 
     shots: tuple[int, ...] = (20,)
@@ -52,6 +55,7 @@ class StudyConfig:
     n_test: int | Mapping[str, int | None] | None = None
     baselines: tuple[str, ...] = ()
     n_random: int = 10
+    nested: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Return the grid as JSON-serialisable data (functions by their registered names)."""
@@ -154,7 +158,12 @@ def make_config(config: StudyConfig | Mapping[str, Any] | None = None, **grid: A
     if bad:
         raise StudyConfigError(f"baselines: unknown {bad}; choose from {list(BASELINES)}.")
     n_random = _positive_ints("n_random", d["n_random"])[0]
-    return StudyConfig(shots, ks, seeds, criteria, modes, votings, transfer or (), n_test, baselines, n_random)
+    nested = d["nested"]
+    if not isinstance(nested, bool):
+        raise StudyConfigError(f"nested must be true or false; got {nested!r}.")
+    if nested and (n_test is None or (isinstance(n_test, Mapping) and None in n_test.values())):
+        raise StudyConfigError("nested = true draws one test set per seed: give n_test (test examples per class).")
+    return StudyConfig(shots, ks, seeds, criteria, modes, votings, transfer or (), n_test, baselines, n_random, nested)
 
 
 def _features(name: str, value: Any) -> HeadFeatures:
@@ -266,12 +275,20 @@ def run_study(
         if extra:
             raise StudyConfigError(f"groups name tasks {extra} that are not in tasks {names}.")
     labels = {n: [str(v) if not isinstance(v, int | str) else v for v in f.labels or []] for n, f in feats.items()}
-    splits = {
-        (n, shots, seed): draw_split(labels[n], shots, _n_test(cfg, n), seed, group_of[n], f"task {n!r}")
-        for seed in cfg.seeds
-        for shots in cfg.shots
-        for n in names
-    }
+    splits: dict[tuple[str, int, int], tuple[list[int], list[int]]] = {}
+    for seed in cfg.seeds:
+        for n in names:
+            if cfg.nested:
+                n_test = _n_test(cfg, n)
+                if n_test is None:
+                    raise StudyConfigError(f"nested = true needs n_test for task {n!r}.")
+                trains, test = draw_nested_split(labels[n], cfg.shots, n_test, seed, group_of[n], f"task {n!r}")
+                splits |= {(n, shots, seed): (trains[shots], test) for shots in cfg.shots}
+            else:
+                for shots in cfg.shots:
+                    splits[n, shots, seed] = draw_split(
+                        labels[n], shots, _n_test(cfg, n), seed, group_of[n], f"task {n!r}"
+                    )
     classes = {n: encode_labels(labels[n], what=f"task {n!r}").classes for n in names}
     info = {
         n: {"n_examples": f.n_examples, "classes": [str(c) for c in classes[n]], **f.describe()}

@@ -110,6 +110,58 @@ def draw_split(
     return sorted(train), sorted(test)
 
 
+def draw_nested_split(
+    labels: Sequence[Hashable],
+    shots: Sequence[int],
+    n_test: int,
+    seed: int = 0,
+    groups: Sequence[Hashable] | None = None,
+    what: str = "draw_nested_split",
+) -> tuple[dict[int, list[int]], list[int]]:
+    """Draw one test set and nested training sets: ``({shots: train indices}, test indices)``.
+
+    For each class, in order of first appearance, a permutation from ``numpy.random.default_rng(seed)``: its first
+    ``n_test`` examples are the class's test examples; the others, in permuted order and without those sharing a
+    group with a test example, are the training candidates, and the ``s``-shot training set is the first ``s`` of
+    them. So every shots setting of a seed is tested on the same examples, and a smaller training set is a subset
+    of a larger one (a shots curve then measures the shots, not a new test draw). All lists are sorted.
+
+    Raises:
+        StudyConfigError: a class with fewer than ``max(shots) + n_test`` examples, or fewer than ``max(shots)``
+            training candidates once the test examples' groups are left out.
+
+    Example:
+        >>> train, test = draw_nested_split(["a"] * 4 + ["b"] * 4, [1, 2], 2, seed=0)
+        >>> set(train[1]) <= set(train[2]), len(test), set(test) & set(train[2])
+        (True, 4, set())
+    """
+    by_class: dict[Hashable, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_class.setdefault(label, []).append(i)
+    most = max(shots)
+    short = {c: len(idx) for c, idx in by_class.items() if len(idx) < most + n_test}
+    if short:
+        counts = ", ".join(f"{c!r}: {n}" for c, n in short.items())
+        raise StudyConfigError(
+            f"{what}: shots={most} + n_test={n_test} needs {most + n_test} examples per class; too few in {counts}."
+        )
+    rng = np.random.default_rng(seed)
+    orders = {c: [idx[j] for j in rng.permutation(len(idx))] for c, idx in by_class.items()}
+    test = [i for order in orders.values() for i in order[:n_test]]
+    held = set() if groups is None else {groups[i] for i in test}
+    train: dict[int, list[int]] = {s: [] for s in shots}
+    for c, order in orders.items():
+        candidates = [i for i in order[n_test:] if groups is None or groups[i] not in held]
+        if len(candidates) < most:
+            raise StudyConfigError(
+                f"{what}: class {c!r} keeps {len(candidates)} training candidates once the groups of its test "
+                f"examples are left out (seed {seed}); shots={most} needs {most}. Lower shots or n_test."
+            )
+        for s in shots:
+            train[s] += candidates[:s]
+    return {s: sorted(v) for s, v in train.items()}, sorted(test)
+
+
 def check_disjoint(train: Sequence[int], test: Sequence[int], groups: Sequence[Any] | None) -> bool:
     """Return True when no test example shares an index (or, with groups, a group) with a training example."""
     if set(train) & set(test):
