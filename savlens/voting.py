@@ -19,6 +19,7 @@ A rule is any function ``(context: VoteContext, **params) -> Tensor`` returning 
 The rules see only the shots (:class:`VoteContext`), never the test examples.
 """
 
+import inspect
 import math
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
@@ -179,12 +180,20 @@ def run_voting(rule: str | VotingRule, context: VoteContext, params: dict[str, A
     """Call a voting rule and check its weights: ``k class`` float64, finite, >= 0.
 
     Raises:
-        ArgumentError: the rule returned something other than a ``k`` or ``k class`` tensor of finite
-            weights >= 0.
+        ArgumentError: ``params`` the rule does not take, or the rule returned something other than a ``k`` or
+            ``k class`` tensor of finite weights >= 0.
     """
     fn = get_voting(rule)
     name = voting_name(rule)
-    w = fn(context, **dict(params or {}))
+    params = dict(params or {})
+    accepted = list(inspect.signature(fn).parameters.values())[1:]
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted):
+        unknown = sorted(set(params) - {p.name for p in accepted})
+        if unknown:
+            raise ArgumentError(
+                f"voting rule {name!r} takes no parameters {unknown}; it takes {[p.name for p in accepted]}."
+            )
+    w = fn(context, **params)
     k, c = len(context.heads), context.n_classes
     if not isinstance(w, Tensor):
         raise ArgumentError(f"voting rule {name!r} returned {type(w).__name__}; it must return a tensor.")

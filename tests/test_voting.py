@@ -142,6 +142,10 @@ def test_bad_rules_and_reference_mode_are_refused() -> None:
     ctx = VoteContext(HeadSet(["L0H0"]), ("a", "b"), torch.tensor([0, 1]), torch.zeros(2, 1, 2), no_votes)
     with pytest.raises(ArgumentError, match="negative, NaN or infinite"):
         run_voting(lambda c: torch.tensor([-1.0]), ctx)
+    with pytest.raises(ArgumentError, match=r"voting rule 'reliability' takes no parameters \['per_head'\]"):
+        run_voting("reliability", ctx, {"per_head": True})
+    with pytest.raises(ArgumentError, match=r"voting rule 'majority' takes no parameters \['weight'\]"):
+        SAV(k=2, voting_params={"weight": 2}).fit(feats)
     with pytest.raises(ArgumentError, match=r"returned weights of shape \(3,\)"):
         run_voting(lambda c: torch.ones(3), ctx)
 
