@@ -37,7 +37,7 @@ def test_the_offline_study_in_the_docs_is_the_committed_json() -> None:
     two_shots = table.select(kind="sav", shots=2, criterion="centroid", k=[1, 5, 20])
     assert two_shots.to_markdown(columns=("target", "k", "voting")) in DOCS
     assert str(table.transfer_matrix()) in DOCS
-    assert f"{len(table)} rows" in DOCS
+    assert f"{len(table)} rows (one per setting and seed), {data['experiment']['seconds_study']:.0f} s" in DOCS
     for name in re.findall(r"\(img/(study-[^)]+\.png)\)", DOCS):
         assert (ROOT / "docs" / "img" / name).stat().st_size > 5000
     # 10 test questions per class in every split, after leaving out the questions about the shots' images
