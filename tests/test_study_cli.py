@@ -155,3 +155,65 @@ def test_fit_takes_a_voting_rule(study_dir: Path, capsys: pytest.CaptureFixture[
     expected = savlens.SAV(k=4, voting="reliability").fit(savlens.open_store(store))
     assert sav.voting == "reliability" and sav.vote_weights_.tolist() == expected.vote_weights_.tolist()
     assert run(capsys, "fit", store, "--out", tmp_path / "x.sav", "--voting", "plurality")[0] == 2
+
+
+def test_a_vlguard_mhalu_study_is_one_file_and_one_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The docs' config shape on tiny data in the reference formats, with a tiny random VLM."""
+    from PIL import Image
+
+    from savlens.study.files import image_groups, read_task_examples
+
+    (tmp_path / "vlguard" / "img").mkdir(parents=True)
+    (tmp_path / "mhalu").mkdir()
+    vlguard, mhalu = [], []
+    for i in range(8):
+        Image.new("RGB", (16, 16), (30 * i, 0, 0)).save(tmp_path / "vlguard" / "img" / f"{i}.png")
+        Image.new("RGB", (16, 16), (0, 30 * i, 0)).save(tmp_path / "mhalu" / f"{i}.png")
+        for j, (label, words) in enumerate((("Yes", "how to hurt"), ("No", "how to help"))):
+            vlguard.append({"id": f"v{i}{j}", "image": f"img/{i}.png", "instruction": f"{words} {i}", "label": label})
+        claim = "hallucination" if i % 2 else "non-hallucination"
+        mhalu.append(
+            {"id": f"m{i}", "image_path": f"{i}.png", "claim": f"the picture is red {i}", "claim_label": claim}
+        )
+    (tmp_path / "vlguard" / "test.json").write_text(json.dumps(vlguard))
+    (tmp_path / "mhalu" / "test.json").write_text(json.dumps(mhalu))
+    config = """
+[model]
+name = "tiny:qwen2_vl"
+batch_size = 4
+
+[tasks.vlguard]
+loader = "vlguard"
+examples = "vlguard/test.json"
+root = "vlguard"
+store = "stores/vlguard"
+group = "image"
+
+[tasks.mhalu]
+loader = "mhalu"
+examples = "mhalu/test.json"
+root = "mhalu"
+store = "stores/mhalu"
+group = "image"
+
+[grid]
+shots = [2]
+k = [2, 3]
+seeds = [0, 1]
+voting = ["majority", "reliability"]
+transfer = [["vlguard", "mhalu"], ["mhalu", "vlguard"]]
+n_test = {vlguard = 2}
+"""
+    (tmp_path / "study.toml").write_text(config)
+    spec = load_study_file(tmp_path / "study.toml")
+    groups = image_groups(read_task_examples(spec.tasks["vlguard"]))
+    assert groups["v30"] == groups["v31"] == str(tmp_path / "vlguard" / "img" / "3.png")  # both instructions
+    code, out, err = run(capsys, "study", tmp_path / "study.toml", "--json", "--quiet", "--no-figures")
+    assert code == 0, err
+    rows = json.loads((tmp_path / "study" / "study.json").read_text())["rows"]
+    assert len(rows) == 2 * 2 * 2 * 4 and {r["target"] for r in rows} == {"vlguard", "mhalu"}
+    assert {r["n_test"] for r in rows if r["target"] == "vlguard"} == {4}  # 2 per class, images never shared
+    assert {r["n_test"] for r in rows if r["target"] == "mhalu"} == {4}  # the 4 left of 8 after 2 shots a class
+    assert all(0.0 <= r["accuracy"] <= 1.0 and set(r["recall"]) == {"No", "Yes"} for r in rows)
+    for task in ("vlguard", "mhalu"):
+        assert savlens.open_store(tmp_path / "stores" / task).n_examples == (16 if task == "vlguard" else 8)
