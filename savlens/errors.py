@@ -76,6 +76,13 @@ class ArgumentError(SavlensError, ValueError):
     page = "argument-error"
 
 
+class StudyConfigError(ArgumentError):
+    """A study configuration that cannot run: an unknown criterion or voting rule, k larger than the heads,
+    more shots than a class holds, a transfer pair naming a missing task. Raised before any fitting."""
+
+    page = "study-config-error"
+
+
 class LabelError(SavlensError, ValueError):
     """Labels that do not fit the method: one class, an empty class, mixed types, wrong count."""
 
@@ -120,6 +127,7 @@ __all__ = [
     "PositionError",
     "SavlensError",
     "StoreError",
+    "StudyConfigError",
     "TraceStateError",
     "UnsupportedModelError",
 ]

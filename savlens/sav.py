@@ -34,6 +34,7 @@ from savlens.scoring import (
     run_scorer,
     scorer_name,
 )
+from savlens.voting import VoteContext, VotingRule, loo_similarity, run_voting, tally, voting_name
 
 FORMAT = "savlens.sav"
 FORMAT_VERSION = 1
@@ -51,6 +52,8 @@ class Votes:
         counts: ``example class`` number of votes per class; each row sums to ``k``.
         similarity: ``example k class`` cosine similarity of each head's vector to each class centroid.
         winners: ``example`` index of the winning class after tie-breaking.
+        tally: ``example class`` weighted vote tally of a weighted voting rule (:mod:`savlens.voting`); None
+            under the majority vote, whose tally is ``counts``.
     """
 
     heads: HeadSet
@@ -59,11 +62,17 @@ class Votes:
     counts: Int[Tensor, "example class"]
     similarity: Float[Tensor, "example k class"]
     winners: Int[Tensor, " example"]
+    tally: Float[Tensor, "example class"] | None = None
 
     @property
     def shares(self) -> Float[Tensor, "example class"]:
-        """Vote shares (counts / k): the SAV's confidence."""
-        return self.counts.double() / self.votes.shape[1]
+        """Vote shares: counts / k under the majority vote, else each class's share of the weighted tally
+        (uniform where no voting head has any weight). The SAV's confidence."""
+        if self.tally is None:
+            return self.counts.double() / self.votes.shape[1]
+        total = self.tally.sum(dim=-1, keepdim=True)
+        uniform = torch.full_like(self.tally, 1.0 / self.tally.shape[-1])
+        return torch.where(total > 0, self.tally / total.clamp_min(1e-300), uniform)
 
     def labels(self) -> list[Hashable]:
         """Return the winning label of each example."""
@@ -142,6 +151,10 @@ class SAV:
             ``scorer="centroid"`` and ``mode`` None or ``"in_sample"``.
         n_folds: folds for ``mode="kfold"``.
         scorer_params: extra keyword arguments for the criterion.
+        voting: how the heads' votes become a label: a registered voting rule (``"majority"``, the paper's
+            rule and the default; ``"score"``; ``"reliability"``) or a function (see :mod:`savlens.voting`).
+            Weighted rules learn their weights on the training shots only, with leave-one-out centroids.
+        voting_params: extra keyword arguments for the voting rule.
 
     Attributes:
         heads_: the selected heads, best first.
@@ -149,6 +162,8 @@ class SAV:
         centroids_: ``k class d_head`` class centroid of each selected head.
         classes_: the class labels; sorted, or in order of first appearance under ``reference=True``.
         source_: ``describe()`` of the training features (model id, hook, positions, template hash, ...).
+        vote_weights_: ``k class`` vote weight of each selected head for each class, learned by the voting
+            rule on the training shots (all ones under ``"majority"``).
 
     Votes: each head votes for the class whose centroid is most cosine-similar (first maximum in
     ``classes_`` order). Among classes tied on votes, the winner is the one with the highest cosine
@@ -179,6 +194,8 @@ class SAV:
         *,
         n_folds: int = 5,
         scorer_params: Mapping[str, Any] | None = None,
+        voting: str | VotingRule = "majority",
+        voting_params: Mapping[str, Any] | None = None,
     ) -> None:
         self.k = k
         self.scorer = scorer
@@ -187,6 +204,8 @@ class SAV:
         self.reference = reference
         self.n_folds = n_folds
         self.scorer_params = scorer_params
+        self.voting = voting
+        self.voting_params = voting_params
 
     # scikit-learn plumbing -------------------------------------------------------------------------
     def get_params(self, deep: bool = True) -> dict[str, Any]:
@@ -199,6 +218,8 @@ class SAV:
             "reference": self.reference,
             "n_folds": self.n_folds,
             "scorer_params": self.scorer_params,
+            "voting": self.voting,
+            "voting_params": self.voting_params,
         }
 
     def set_params(self, **params: Any) -> "SAV":
@@ -210,7 +231,9 @@ class SAV:
         return self
 
     def __repr__(self) -> str:
-        shown = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items() if v is not None)
+        shown = ", ".join(
+            f"{k}={v!r}" for k, v in self.get_params().items() if v is not None and (k, v) != ("voting", "majority")
+        )
         fitted = f"; heads_=[{self.heads_}]" if self._fitted() else ""
         return f"SAV({shown}{fitted})"
 
@@ -264,6 +287,7 @@ class SAV:
         labels = resolve_labels(features, labels, what)
         enc = encode_labels(labels, order="first" if self.reference else "sorted", what=what)
         if self.reference:
+            self._check_reference_voting(what)
             if self.scorer != "centroid":
                 raise ArgumentError(f"{what}: reference=True uses the centroid criterion; got scorer={self.scorer!r}.")
             if self.mode not in (None, "in_sample"):
@@ -278,7 +302,29 @@ class SAV:
             heads = scores.top_k(self.k, seed=self.seed)
         self._fit_centroids(features, enc, heads, what)
         self.scores_: HeadScores | None = scores
+        self._fit_voting(features, enc, scores, what)
         return self
+
+    def _check_reference_voting(self, what: str) -> None:
+        if voting_name(self.voting) != "majority":
+            raise ArgumentError(
+                f"{what}: reference=True votes as the reference code (majority, Counter tie-break); got "
+                f"voting={voting_name(self.voting)!r}. Drop reference=True to use another voting rule."
+            )
+
+    def _fit_voting(self, features: HeadFeatures, enc: EncodedLabels, scores: HeadScores | None, what: str) -> None:
+        """Learn the vote weights on the training shots (leave-one-out votes; see :mod:`savlens.voting`)."""
+        k, n_classes = len(self.heads_), len(self.classes_)
+        if voting_name(self.voting) == "majority" and not self.voting_params:
+            self.vote_weights_: Float[Tensor, "k class"] = torch.ones(k, n_classes, dtype=torch.float64)
+            return
+        x = gather_heads(features, self.heads_, what)
+        sim = loo_similarity(x, enc.codes, n_classes)
+        head_scores = None
+        if scores is not None:
+            head_scores = torch.tensor([scores[h] for h in self.heads_], dtype=torch.float64)
+        context = VoteContext(self.heads_, self.classes_, enc.codes, sim, sim.argmax(dim=-1), head_scores)
+        self.vote_weights_ = run_voting(self.voting, context, dict(self.voting_params or {}))
 
     def fit_heads(
         self,
@@ -286,12 +332,14 @@ class SAV:
         labels: Sequence[Hashable] | None = None,
         *,
         heads: "HeadSet | Iterable[Head | str | tuple[int, int]]",
+        scores: HeadScores | None = None,
     ) -> "SAV":
         """Store class centroids for the given ``heads`` without scoring (``k`` becomes ``len(heads)``).
 
         This is the step that cross-task transfer uses (heads chosen on task A, centroids from task B's
         shots), and the one a model-side fit that extracts only the selected heads' layers plugs into:
-        ``features`` need only hold the layers of ``heads``.
+        ``features`` need only hold the layers of ``heads``. The voting rule's weights are learned on these
+        features; ``scores`` (e.g. task A's :class:`HeadScores`) is what ``voting="score"`` weighs by.
         """
         what = "SAV.fit_heads"
         heads = heads if isinstance(heads, HeadSet) else HeadSet(heads)
@@ -299,9 +347,12 @@ class SAV:
             raise ArgumentError(f"{what}: heads is empty; give at least one head.")
         labels = resolve_labels(features, labels, what)
         enc = encode_labels(labels, order="first" if self.reference else "sorted", what=what)
+        if self.reference:
+            self._check_reference_voting(what)
         self.k = len(heads)
         self._fit_centroids(features, enc, heads, what)
         self.scores_ = None
+        self._fit_voting(features, enc, scores, what)
         return self
 
     def _fit_centroids(self, features: HeadFeatures, enc: EncodedLabels, heads: HeadSet, what: str) -> None:
@@ -368,7 +419,13 @@ class SAV:
         n_classes = len(self.classes_)
         onehot = F.one_hot(votes, n_classes)
         counts = onehot.sum(dim=1)
-        tied = counts == counts.max(dim=-1, keepdim=True).values
+        weights = getattr(self, "vote_weights_", None)
+        weighted = None
+        if weights is not None and not bool((weights == 1).all()):
+            weighted = tally(votes, weights.to(votes.device), n_classes)
+            tied = weighted == weighted.max(dim=-1, keepdim=True).values
+        else:
+            tied = counts == counts.max(dim=-1, keepdim=True).values
         if self.reference:  # Counter.most_common: among tied labels, the one voted first
             k = votes.shape[1]
             rank = torch.arange(k, device=votes.device)[None, :, None].expand_as(onehot)
@@ -377,7 +434,7 @@ class SAV:
         else:  # highest summed cosine similarity among tied classes, then classes_ order
             summed = sim.sum(dim=1).double()
             winners = torch.where(tied, summed, -torch.inf).argmax(dim=-1)
-        return Votes(self.heads_, self.classes_, votes, counts, sim, winners)
+        return Votes(self.heads_, self.classes_, votes, counts, sim, winners, weighted)
 
     def predict(self, features: Any, examples: Any = None, **extract_options: Any) -> list[Hashable]:
         """Return the voted label of each example (a list, in ``classes_`` types); features or (model, examples)."""
@@ -420,6 +477,9 @@ class SAV:
                 f"SAV.save: {str(folder)!r} exists and is not a folder; give a new or existing folder path."
             )
         tensors = {"centroids": self.centroids_}
+        weights = getattr(self, "vote_weights_", None)
+        if weights is not None and not bool((weights == 1).all()):
+            tensors["vote_weights"] = weights
         if self.scores_ is not None:
             tensors["scores"] = self.scores_.scores
         data = tensors_to_bytes(tensors, {"format": FORMAT})
@@ -429,6 +489,8 @@ class SAV:
         params = self.get_params()
         params["scorer"] = scorer_name(self.scorer)
         params["scorer_params"] = json_safe(dict(self.scorer_params or {}))
+        params["voting"] = voting_name(self.voting)
+        params["voting_params"] = json_safe(dict(self.voting_params or {}))
         scores = self.scores_
         manifest = {
             "format": FORMAT,
@@ -525,6 +587,12 @@ class SAV:
         sav = cls(**{key: value for key, value in params.items() if key in known})
         sav.heads_, sav.centroids_, sav.classes_ = heads, centroids, classes
         sav.class_type_, sav.source_ = class_type, source
+        sav.vote_weights_ = torch.ones(len(heads), len(classes), dtype=torch.float64)
+        if "vote_weights" in tensors:
+            weights = tensors["vote_weights"]
+            if list(weights.shape) != [len(heads), len(classes)] or not torch.isfinite(weights).all():
+                raise StoreError(f"SAV.load: the vote weights in {str(folder)!r} do not match the manifest.")
+            sav.vote_weights_ = weights.double()
         sav.extract_options_ = _extract_options(manifest.get("extract_options") or {}, source)
         sav.scores_ = None
         if meta is not None and "scores" in tensors:

@@ -236,7 +236,7 @@ def test_a_store_or_model_from_another_model_is_refused(
 def test_help_explains_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "--help")
     assert code == 0
-    commands = ["demo", "check", "extract", "fit", "predict", "eval", "heads", "transfer"]
+    commands = ["demo", "check", "extract", "fit", "predict", "eval", "heads", "transfer", "study"]
     for name in commands:
         assert name in out
         code, text, _ = run(capsys, name, "--help")

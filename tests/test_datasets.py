@@ -175,7 +175,7 @@ def test_bad_records(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"no text field; looked for \['text'\]"):
         load_examples(f)
     with pytest.raises(InputError, match="cannot tell the format"):
-        load_examples(tmp_path / "d.parquet")
+        load_examples(tmp_path / "d.xlsx")
 
 
 # ---------------------------------------------------------------- VLGuard / MHalu

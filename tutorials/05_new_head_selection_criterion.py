@@ -112,3 +112,48 @@ for scorer, kwargs in [("broken", {}), ("cosine_margin", {"mode": "kfold"})]:
         savlens.SAV(k=5, scorer=scorer, **kwargs).fit(train)
     except savlens.SavlensError as e:
         print(f"{scorer}: {str(e).splitlines()[0]}")
+
+# %% [markdown]
+# ## Voting rules are plug-ins too
+# Selecting heads is one half of an SAV; the other is how their votes become a label. A voting rule
+# (`savlens.voting`, docs/voting.md) turns what the selected heads did on the **shots** into per-head, per-class
+# vote weights. Shipped: `"majority"` (the paper's rule, the default), `"score"` (each vote counts the head's
+# criterion score) and `"reliability"` (the log-odds that a head is right when it votes a class, estimated with
+# leave-one-out centroids so a shot never grades a head with a centroid it is part of). A new rule is a function
+# of a `VoteContext` (the shots' leave-one-out similarities and votes, the heads' scores), registered by name:
+
+# %%
+from savlens.voting import VoteContext, available_votings, register_voting
+
+
+@register_voting("loo_accuracy", replace=True)
+def loo_accuracy(context: VoteContext) -> torch.Tensor:
+    """Weigh each head's vote by its leave-one-out accuracy on the shots, above chance (0 at or below it)."""
+    chance = 1.0 / context.n_classes
+    return (context.correct.double().mean(0) - chance).clamp_min(0.0)  # k weights, the same for every class
+
+
+print("registered voting rules:", available_votings())
+for voting in ("majority", "score", "reliability", "loo_accuracy"):
+    sav = savlens.SAV(k=20, voting=voting).fit(train)
+    print(f"k=20, {voting:>12} vote: test accuracy {sav.score(test):.3f}")
+
+# %% [markdown]
+# Criteria and voting rules meet in a **study**: `savlens.study.run_study` sweeps shots, k, seeds, criteria and
+# voting rules on feature stores (nothing is extracted again), with stratified seeded splits, and returns a tidy
+# table with accuracy, macro-F1 and per-class recall per setting and seed (docs/studies.md). Here: the tutorial's
+# examples pooled, 5 and 10 shots per class, three seeds.
+
+# %%
+from savlens.study import run_study
+
+pool = savlens.HeadFeatures.concat([train, test])
+table = run_study(
+    {"fortunes": pool},
+    shots=[5, 10],
+    k=[20],
+    seeds=[0, 1, 2],
+    criteria=["centroid", "cosine_margin"],
+    voting=["majority", "loo_accuracy"],
+)
+print(table.to_markdown(columns=("shots", "criterion", "voting")))

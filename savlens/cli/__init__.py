@@ -1,4 +1,4 @@
-"""The ``savlens`` command line: the demo, feature extraction, fitting, prediction, evaluation, heads, transfer.
+"""The ``savlens`` command line: the demo, extraction, fitting, prediction, evaluation, heads, transfer, studies.
 
 Run ``savlens --help`` or ``savlens COMMAND --help``; docs/cli.md has worked examples. Commands that read
 data take either a **feature store** (a folder written by ``savlens extract`` or ``savlens.extract(...,
@@ -36,6 +36,7 @@ from savlens.cli.commands import (
     cmd_fit,
     cmd_heads,
     cmd_predict,
+    cmd_study,
     cmd_transfer,
     split_features,
 )
@@ -93,6 +94,7 @@ __all__ = [
     "cmd_fit",
     "cmd_heads",
     "cmd_predict",
+    "cmd_study",
     "cmd_transfer",
     "is_store",
     "load_model",

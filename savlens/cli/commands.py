@@ -162,7 +162,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
     path = need_path(args.data, "data")
     options = store_options(path) if is_store(path) else extract_options(args)
     feats = read_features(args, args.data)
-    sav = SAV(k=args.k, scorer=args.scorer, mode=args.mode, seed=args.seed, reference=args.reference).fit(feats)
+    sav = SAV(
+        k=args.k, scorer=args.scorer, mode=args.mode, seed=args.seed, reference=args.reference, voting=args.voting
+    ).fit(feats)
     sav.source_.setdefault("meta", {})["extract"] = {k: options.get(k) for k in ("chat", "system_prompt")}
     sav.save(args.out)
     scores = sav.scores_
@@ -176,6 +178,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         "n_examples": feats.n_examples,
         "features": feats.describe(),
         "criterion": criterion,
+        "voting": args.voting,
     }
     if args.plot and scores is not None:
         from savlens import plot
@@ -403,5 +406,55 @@ def cmd_transfer(args: argparse.Namespace) -> int:
             fig = plot.head_overlay(matrix.heads, n_layers=max(first.layers or (0,)) + 1, n_heads=first.n_heads)
             payload["overlay"] = save_figure(fig, args.overlay)
     text = f"{matrix}\n\n{overlap}" + "".join(f"\n{k}: {payload[k]}" for k in ("plot", "overlay") if k in payload)
+    emit(args, payload, text)
+    return EXIT_OK
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    """Run ``savlens study``: a study config file -> the result table (CSV, JSON) and the standard figures."""
+    from savlens.study import run_study, write_figures
+    from savlens.study.files import load_study_file, task_features
+
+    spec = load_study_file(need_path(args.config, "study config"))
+    out_dir = Path(args.out) if args.out else spec.out_dir
+    model: Any = None
+
+    def get_model() -> Any:
+        nonlocal model
+        if model is None:
+            m = spec.model
+            if "name" not in m:
+                raise UsageError(
+                    f"{args.config}: a task's store lacks examples that must be extracted; add [model] name = ..."
+                )
+            model = load_model(
+                m["name"], dtype=m.get("dtype", "auto"), attn=m.get("attn", "sdpa"), device=m.get("device")
+            )
+        return model
+
+    t0 = time.perf_counter()
+    tasks, groups = {}, {}
+    for name, task in spec.tasks.items():
+        feats, group = task_features(
+            task, get_model, batch_size=int(spec.model.get("batch_size", 8)), progress=not args.quiet
+        )
+        tasks[name] = feats
+        if group is not None:
+            groups[name] = group
+    features_s = time.perf_counter() - t0
+    table = run_study(tasks, spec.grid, groups=groups or None, progress=not args.quiet)
+    files = {"csv": str(table.to_csv(out_dir / "study.csv")), "json": str(table.to_json(out_dir / "study.json"))}
+    if spec.figures and not args.no_figures:
+        files |= write_figures(table, out_dir)
+    payload = {
+        "config": str(args.config),
+        "out": str(out_dir),
+        "files": files,
+        "n_rows": len(table),
+        "seconds_features": round(features_s, 1),
+        "seconds_total": round(time.perf_counter() - t0, 1),
+        "summary": table.to_dict()["summary"],
+    }
+    text = f"{table}\n\n{len(table)} rows; wrote " + ", ".join(files.values())
     emit(args, payload, text)
     return EXIT_OK

@@ -11,6 +11,7 @@ from savlens.cli.commands import (
     cmd_fit,
     cmd_heads,
     cmd_predict,
+    cmd_study,
     cmd_transfer,
 )
 from savlens.demo import DEFAULT_MODEL as DEFAULT_DEMO_MODEL
@@ -103,7 +104,7 @@ def _example_options(p: argparse.ArgumentParser, prompts: bool = True) -> None:
     g.add_argument(
         "--format",
         default=None,
-        choices=["jsonl", "json", "csv", "tsv", "folder"],
+        choices=["jsonl", "json", "csv", "tsv", "parquet", "folder"],
         help="file format (default: from the suffix)",
     )
     _batch_size(g)
@@ -203,6 +204,7 @@ def _extract(add: _Add) -> None:
 
 def _fit(add: _Add) -> None:
     from savlens.scoring import available_scorers
+    from savlens.voting import available_votings
 
     p = add(
         "fit",
@@ -220,6 +222,12 @@ def _fit(add: _Add) -> None:
         help="how the criterion holds examples out (default: the criterion's; centroid: loo)",
     )
     p.add_argument("--seed", type=int, default=0, help="fold and tie-break seed")
+    p.add_argument(
+        "--voting",
+        default="majority",
+        choices=list(available_votings()),
+        help="how the heads' votes are counted (weights learned on these examples; docs/voting.md)",
+    )
     p.add_argument("--reference", action="store_true", help="reproduce the reference code exactly (in-sample scores)")
     p.add_argument("--plot", default=None, help="also write the head-score heatmap to this PNG")
     _data_options(p)
@@ -290,8 +298,26 @@ def _transfer(add: _Add) -> None:
     p.set_defaults(func=cmd_transfer)
 
 
+def _study(add: _Add) -> None:
+    p = add(
+        "study",
+        "a study config file -> result table and figures",
+        "Run a generalisation study from a TOML file: tasks (feature stores, or data files extracted into stores "
+        "with [model]), a grid of shots, k, seeds, criteria, modes, voting rules and transfer pairs. Splits are "
+        "stratified, seeded and disjoint by an optional group key (such as the image). Writes study.csv and "
+        "study.json (one row per setting and seed: accuracy, macro-F1, per-class recall, heads, time; summaries "
+        "over seeds) and the figures: accuracy vs shots and vs k per task, the transfer matrix with its baselines. "
+        "The same config gives the same table. See docs/studies.md.",
+    )
+    p.add_argument("config", help="the study's TOML file")
+    p.add_argument("--out", default=None, help="output folder (default: the config's [output] dir)")
+    p.add_argument("--no-figures", action="store_true", help="write no figures")
+    _output_options(p)
+    p.set_defaults(func=cmd_study)
+
+
 #: The subcommands, in the order ``savlens --help`` lists them.
-_COMMANDS = (_demo, _check, _extract, _fit, _predict, _eval, _heads, _transfer)
+_COMMANDS = (_demo, _check, _extract, _fit, _predict, _eval, _heads, _transfer, _study)
 
 
 def build_parser(prog: str = "savlens") -> argparse.ArgumentParser:

@@ -1,8 +1,9 @@
 """Load labelled examples: generic files and image folders, VLGuard / MHalu, offline data, few-shot splits.
 
-Generic JSONL / JSON / CSV / TSV files and class-named image folders; VLGuard and MHalu in the reference
-formats with the reference prompts; data that installs offline (easy-VQA, Fashion-MNIST, fortunes); seeded
-stratified few-shot splits. Every loader returns a list of :class:`savlens.example.Example`.
+Generic JSONL / JSON / CSV / TSV / parquet files, Hugging Face ``datasets`` objects (:func:`load_table`) and
+class-named image folders; VLGuard and MHalu in the reference formats with the reference prompts; data that
+installs offline (easy-VQA, Fashion-MNIST, fortunes); seeded stratified few-shot splits. Every loader returns a
+list of :class:`savlens.example.Example`.
 """
 
 from savlens.datasets._common import DEFAULT_MAX_TEXT_CHARS
@@ -12,6 +13,7 @@ from savlens.datasets.files import load_examples, read_records
 from savlens.datasets.fortunes import FORTUNES_CATEGORIES, FORTUNES_PROMPT, load_fortunes, read_fortune_file
 from savlens.datasets.reference import LABEL_KEYS, MHALU_PROMPT, VLGUARD_PROMPT, load_mhalu, load_vlguard
 from savlens.datasets.split import Split, few_shot_split
+from savlens.datasets.tables import load_table, read_parquet
 
 __all__ = [
     "DEFAULT_MAX_TEXT_CHARS",
@@ -29,8 +31,10 @@ __all__ = [
     "load_fashion_mnist",
     "load_fortunes",
     "load_mhalu",
+    "load_table",
     "load_vlguard",
     "read_fortune_file",
     "read_idx",
+    "read_parquet",
     "read_records",
 ]

@@ -22,13 +22,13 @@ from savlens.example import Example
 __all__ = ["IMAGE_EXTENSIONS", "load_examples", "read_records"]
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
-_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv"}
+_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
 
 
 def _format_of(path: Path, fmt: str | None) -> str:
     if fmt is not None:
-        if fmt not in {"jsonl", "json", "csv", "tsv", "folder"}:
-            raise InputError(f"format={fmt!r}: expected one of 'jsonl', 'json', 'csv', 'tsv', 'folder'.")
+        if fmt not in {"jsonl", "json", "csv", "tsv", "parquet", "folder"}:
+            raise InputError(f"format={fmt!r}: expected one of 'jsonl', 'json', 'csv', 'tsv', 'parquet', 'folder'.")
         return fmt
     if path.is_dir():
         return "folder"
@@ -36,8 +36,8 @@ def _format_of(path: Path, fmt: str | None) -> str:
         return _FORMATS[path.suffix.lower()]
     except KeyError:
         raise InputError(
-            f"cannot tell the format of {str(path)!r} from its suffix; expected .jsonl, .json, .csv, .tsv "
-            f"or a folder, or pass format=."
+            f"cannot tell the format of {str(path)!r} from its suffix; expected .jsonl, .json, .csv, .tsv, "
+            f".parquet or a folder, or pass format=."
         ) from None
 
 
@@ -99,6 +99,11 @@ def _records(path: Path, fmt: str) -> Iterator[tuple[str, dict[str, Any]]]:
             if not isinstance(record, dict):
                 raise InputError(f"{where}: expected a JSON object; got {type(record).__name__}.")
             yield where, record
+    elif fmt == "parquet":
+        from savlens.datasets.tables import read_parquet
+
+        for i, record in enumerate(read_parquet(path)):
+            yield f"{name} row {i}", record
     elif fmt in {"csv", "tsv"}:
         with path.open(encoding="utf-8", newline="") as f:
             reader = csv.DictReader(f, delimiter="," if fmt == "csv" else "\t")
@@ -248,7 +253,7 @@ def load_examples(
     check_images: bool = True,
     require_label: bool = False,
 ) -> list[Example]:
-    """Load labelled examples from a JSONL / JSON / CSV / TSV file or a folder of class-named image folders.
+    """Load labelled examples from a JSONL / JSON / CSV / TSV / parquet file or a folder of class-named image folders.
 
     Files: one record per example with the fields ``text``, ``image`` (one path) or ``images`` (a list; in
     CSV a JSON list or ``;``-separated paths), ``label`` and an optional ``id``. Other fields are kept in
@@ -269,7 +274,9 @@ def load_examples(
         id_key: the id field (None: always number the records).
         template: a ``str.format`` template for the text, given the record's fields (``{text}`` is the
             text field); label fields are withheld so a template cannot leak the answer.
-        format: ``"jsonl"``, ``"json"``, ``"csv"``, ``"tsv"`` or ``"folder"``; default from the suffix.
+        format: ``"jsonl"``, ``"json"``, ``"csv"``, ``"tsv"``, ``"parquet"`` or ``"folder"``; default from the
+            suffix. Parquet needs pyarrow (``pip install 'savlens[datasets]'``); parquet image columns of
+            bytes (as ``datasets`` exports them) are read by :func:`savlens.datasets.load_table`.
         max_text_chars: refuse longer texts (None: no limit).
         check_images: check that each image file exists (otherwise only that its path stays in root).
         require_label: raise :class:`LabelError` on a record without a label.
@@ -298,6 +305,21 @@ def load_examples(
         base = Path(root) if root is not None else path
         return check_examples(_load_folder(path, base, template, max_text_chars), str(path))
     base = Path(root) if root is not None else path.parent
+    if fmt == "parquet":
+        from savlens.datasets.tables import load_table
+
+        return load_table(
+            path,
+            text_key=text_key,
+            label_key=label_key,
+            image_key=image_key,
+            id_key=id_key,
+            template=template,
+            root=base,
+            max_text_chars=max_text_chars,
+            check_images=check_images,
+            require_label=require_label,
+        )
     examples = [
         example_from_record(
             record,
