@@ -22,18 +22,11 @@ from savlens.errors import ArgumentError, FeatureError, InputError
 from savlens.example import Example
 from savlens.inputs import Batch
 from savlens.loading import Model
-from savlens.names import resolve, split_name
+from savlens.names import QUERY_HEAD_HOOKS, resolve, split_name
 from savlens.store import FeatureStore, merge_ranks, open_store
 from savlens.tracing import check_device_dtype, trace
 
-_PER_HEAD = (
-    "blocks.{l}.attn.hook_z",
-    "blocks.{l}.attn.hook_result",
-    "blocks.{l}.attn.hook_q",
-    "blocks.{l}.cross_attn.hook_z",
-    "blocks.{l}.cross_attn.hook_result",
-    "blocks.{l}.cross_attn.hook_q",
-)
+_PER_HEAD = QUERY_HEAD_HOOKS
 _PER_LAYER = (
     "blocks.{l}.hook_resid_pre",
     "blocks.{l}.hook_resid_post",

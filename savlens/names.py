@@ -135,6 +135,14 @@ HOOKS: tuple[HookPoint, ...] = (
     HookPoint("blocks.{l}.hook_resid_post", _BPD, "residual stream out of layer l"),
 )
 _BY_TEMPLATE = {h.template: h for h in HOOKS}
+#: the per-layer hooks with one vector per query head (``... head_index d_head``, or ``d_model`` for results)
+QUERY_HEAD_HOOKS = tuple(
+    h.template
+    for h in HOOKS
+    if h.per_layer
+    and h.dims[-2:-1] == ("head_index",)
+    and h.template.rsplit(".", 1)[-1] in ("hook_z", "hook_result", "hook_q")
+)
 #: Execution order of the hooks inside one layer (the order nnsight must read them in).
 ORDER = {h.template: i for i, h in enumerate(HOOKS)}
 

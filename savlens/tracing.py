@@ -27,7 +27,7 @@ from savlens.errors import (
 from savlens.inputs import Batch
 from savlens.interventions import Edit, apply_edits, as_features, by_layer, head_values, layer_row, row_values
 from savlens.loading import Model
-from savlens.names import hook_point, resolve, split_name
+from savlens.names import QUERY_HEAD_HOOKS, hook_point, resolve, split_name
 from savlens.positions import Positions, Selection, select_positions, take_positions
 
 LogitsMode = Literal["last", "all"] | None
@@ -576,14 +576,7 @@ def _entry(model: Model, name: str, x: Tensor, req: _Request, selections: dict[A
     )
 
 
-_PER_QUERY_HEAD = (
-    "blocks.{l}.attn.hook_z",
-    "blocks.{l}.attn.hook_result",
-    "blocks.{l}.attn.hook_q",
-    "blocks.{l}.cross_attn.hook_z",
-    "blocks.{l}.cross_attn.hook_result",
-    "blocks.{l}.cross_attn.hook_q",
-)
+_PER_QUERY_HEAD = QUERY_HEAD_HOOKS
 _RESULT = ("blocks.{l}.attn.hook_result", "blocks.{l}.cross_attn.hook_result")
 
 
