@@ -7,7 +7,7 @@ at construction. It is the only place where prompts are rendered and encoded for
 import functools
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -340,7 +340,7 @@ def _load_tiny_vlm_random(*, dtype: torch.dtype | str, attn_implementation: str,
 #: ``"tiny-vlm"``: EfficientNet-Lite0 + trained projector + SmolLM2-135M-Instruct (docs/tiny-vlm.md);
 #: ``"tiny-vlm-random"``: the same with an untrained projector (seed 0), the control of every tiny-VLM result;
 #: ``"tiny-vlm-heldout-color"``: a projector trained without any colour question (the held-out-skill model).
-ZOO = {
+ZOO: dict[str, Callable[..., "Model"]] = {
     "smollm2-135m": _load_smollm2,
     "smollm2-135m-instruct": _load_smollm2,
     "tiny-vlm": _load_tiny_vlm,
