@@ -400,8 +400,10 @@ def markdown(r: dict) -> str:
         "",
         "**Models.** `tiny-vlm-heldout-color`: a projector trained like the committed one but with every "
         "question that asks about or names a colour left out (`python experiments/train_tiny_vlm.py --hold-out "
-        "color`; record in `savlens/zoo/weights/tiny_vlm_projector_heldout_color.json`): its image tokens carry "
-        "the frozen vision tower's colour information, but it was never taught to say a colour. `tiny-vlm`: the "
+        "color --no-bf16 --steps 600`; record in `savlens/zoo/weights/tiny_vlm_projector_heldout_color.json`). "
+        "Unlike the committed run it trained for 600 steps instead of 2,400 and in fp32 instead of bf16 (bf16 "
+        "steps were about 20 times slower on this torch build; the record says why and gives the validation "
+        "accuracy). It was meant to see colours in its image tokens but never be taught to say one. `tiny-vlm`: the "
         "committed projector, trained on every skill (the trained-skill control). `tiny-vlm-random`: an "
         "untrained projector; its row refits SAV (its own 20 heads) on that model.",
         "",
