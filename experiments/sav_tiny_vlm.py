@@ -2,8 +2,9 @@
 
     python experiments/sav_tiny_vlm.py             # ~10 min on 1 core
 
-Tasks (20 labelled examples per class to fit, disjoint held-out examples to score, seeded splits):
-easy-VQA test questions as yes/no (an interleaved image-text task like MHalu), colour (8-way) and shape
+Tasks (20 labelled examples per class to fit, disjoint held-out examples to score, seeded splits; easy-VQA:
+shots from easy-VQA train and test questions from easy-VQA test, disjoint by image, one question per image):
+easy-VQA questions as yes/no (an interleaved image-text task like MHalu), colour (8-way) and shape
 (3-way); Fashion-MNIST test images as a 4-way image-only task (classes 0-3: T-shirt/top, Trouser, Pullover,
 Dress; text "What is shown in this image?").
 
@@ -39,7 +40,13 @@ from _tiny_vlm_common import RESULTS, machine, write_json  # noqa: E402
 
 import savlens  # noqa: E402
 from savlens import SAV  # noqa: E402
-from savlens.datasets import FASHION_MNIST_CLASSES, few_shot_split, load_easy_vqa, load_fashion_mnist  # noqa: E402
+from savlens.datasets import (  # noqa: E402
+    FASHION_MNIST_CLASSES,
+    few_shot_split,
+    image_disjoint_split,
+    load_easy_vqa,
+    load_fashion_mnist,
+)
 from savlens.threads import limit_threads  # noqa: E402
 from savlens.zoo.tiny_vlm import load_tiny_vlm  # noqa: E402
 from savlens.zoo.train_projector import answer_prior, load_vqa_items, normalize_answer  # noqa: E402
@@ -51,9 +58,13 @@ FASHION_KEYWORDS = {"T-shirt/top": ("t-shirt", "shirt", "top", "tee"), "Trouser"
 
 
 def tasks(seed: int) -> dict[str, tuple[list[savlens.Example], list[savlens.Example]]]:
+    """Each task's (shots, test examples) for one split seed. easy-VQA: shots from easy-VQA train, test questions
+    from easy-VQA test, disjoint by image and one question per image (several questions share an image; a test
+    question whose image is a shot's would be half answered by the shot)."""
     out = {}
     for task, n_test in (("yes_no", 100), ("color", 25), ("shape", 50)):
-        out[f"easy-vqa/{task}"] = tuple(few_shot_split(load_easy_vqa("test", task=task), 20, n_test, seed=seed))
+        shots, test = load_easy_vqa("train", task=task), load_easy_vqa("test", task=task)
+        out[f"easy-vqa/{task}"] = tuple(image_disjoint_split(shots, test, 20, n_test, seed=seed))
     fm = [e for e in load_fashion_mnist("test", limit=2000) if e.label in FASHION_4]
     out["fashion-mnist/4-way"] = tuple(few_shot_split(fm, 20, 50, seed=seed))
     return out  # type: ignore[return-value]

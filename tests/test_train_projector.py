@@ -4,6 +4,7 @@ Model-free: the sampler only sees the questions, so these run on synthetic items
 """
 
 import importlib.util
+import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -11,8 +12,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from savlens.datasets.easyvqa import EASY_VQA_TASKS
-from savlens.zoo.train_projector import TrainConfig, VQAItem, _sampler, yes_no_balance_weights
+from savlens.datasets.easyvqa import EASY_VQA_COLORS, EASY_VQA_SHAPES, EASY_VQA_TASKS
+from savlens.zoo.train_projector import TrainConfig, VQAItem, _sampler, hold_out_items, yes_no_balance_weights
 
 
 def _reference_sampler(items: Sequence[VQAItem], config: TrainConfig, gen: torch.Generator) -> Callable[[], list[int]]:
@@ -116,3 +117,54 @@ def test_easy_vqa_train_keeps_every_yes_no_text() -> None:
     w = yes_no_balance_weights(items)
     assert len(w) == sum(it.task == "yes_no" for it in items)  # every text has both answers: none dropped
     assert len({items[i].question for i in w}) == 88
+
+
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z]+", text.lower()))
+
+
+COLOR_WORDS = {"color", "colour", *EASY_VQA_COLORS}
+
+
+def test_hold_out_color_drops_every_question_that_asks_or_names_a_colour() -> None:
+    items = _items() + [
+        VQAItem("is there a red shape in the image?", "no", "yes_no", 1, 900),
+        VQAItem("is no teal shape present?", "yes", "yes_no", 2, 901),
+        VQAItem("what is the gray shape?", "circle", "shape", 3, 902),
+        VQAItem("What Colour is it?", "red", "color", 4, 903),
+    ]
+    kept = hold_out_items(items, "color")
+    assert kept and all(
+        it.task != "color" and not (_words(it.question) | _words(it.answer)) & COLOR_WORDS for it in kept
+    )
+    assert {it.index for it in items} - {it.index for it in kept} >= {900, 901, 902, 903}
+    assert hold_out_items(items, None) == items
+    with pytest.raises(ValueError, match="hold_out"):
+        hold_out_items(items, "size")
+
+
+def test_held_out_task_is_never_drawn() -> None:
+    items = hold_out_items(_items(), "color")
+    cfg = replace(TrainConfig(), task_weights=(2.0, 0.0, 1.0), hold_out="color")
+    drawn = Counter(items[i].task for i in _draws(items, cfg, 300))
+    assert drawn["color"] == 0 and abs(drawn["yes_no"] / (drawn["yes_no"] + drawn["shape"]) - 2 / 3) < 0.03
+    with pytest.raises(ValueError, match="no questions"):  # a weight on an empty task is an error, not a crash
+        _draws(items, replace(cfg, task_weights=(2.0, 1.0, 1.0)), 5)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("easy_vqa") is None, reason="pip install easy-vqa==1.0")
+def test_easy_vqa_train_held_out_color_has_no_colour_question_or_word() -> None:
+    from savlens.zoo.train_projector import load_vqa_items
+
+    items, _ = load_vqa_items("train")
+    kept = hold_out_items(items, "color")
+    vocab = set().union(*(_words(it.question) | _words(it.answer) for it in kept))
+    assert not vocab & COLOR_WORDS
+    assert {it.task for it in kept} == {"yes_no", "shape"}
+    assert {it.answer for it in kept} == {"yes", "no", *EASY_VQA_SHAPES}
+    # what is left: the 3 "what shape ..." texts and the 24 yes/no texts about a shape
+    assert len({it.question for it in kept}) == 27
+    # nothing without a colour word was dropped
+    kept_set = set(kept)
+    dropped = [it for it in items if it not in kept_set]
+    assert all(it.task == "color" or _words(it.question) & COLOR_WORDS for it in dropped)

@@ -40,6 +40,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise UsageError(f"--k {args.k} is more than the {n_units} heads of {model.model_id!r}.")
     categories = args.categories.split(",") if args.categories else None
     task = demo.task_for(model, args.task, shots=args.shots, n_test=args.test, seed=args.seed, categories=categories)
+    trained = None
+    held_out = demo.HELD_OUT.get(args.model, {}).get(task.name)
+    if held_out is not None and not getattr(args, "no_held_out", False):
+        # the held-out-skill comparison: the headline model was never taught this task's answers; the loaded
+        # model (trained on them) is the trained-skill comparison
+        trained = model
+        t1 = time.perf_counter()
+        model = load_model(held_out, dtype=args.dtype, attn=args.attn, device=args.device)
+        load_s += time.perf_counter() - t1
+        task.other_prompts = {}
     control, control_note = None, ""
     if args.model in demo.CONTROLS and not args.no_control:
         control_name, control_note = demo.CONTROLS[args.model]
@@ -61,6 +71,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         load_seconds=load_s,
         control=control,
         control_note=control_note,
+        trained=trained,
+        trained_note="trained on colour questions" if trained is not None else "",
     )
     result.timings["total_s"] = time.perf_counter() - t0
     payload = result.to_dict()
@@ -75,6 +87,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "",
             result.table(),
             "",
+            *demo.paired_lines(result.extra.get("paired", {})),
             f"selected heads (best first): {', '.join(result.heads)}",
             f"time: load {t['load_model_s']:.1f}s, forward passes {t['forward_s']:.1f}s, methods "
             f"{t['methods_s']:.1f}s, baselines and controls {t['baselines_and_controls_s']:.1f}s"

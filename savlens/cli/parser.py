@@ -151,6 +151,13 @@ def _demo(add: _Add) -> None:
         help="the task (default: easy-vqa-color for VLMs, fortunes for text models)",
     )
     p.add_argument("--no-control", action="store_true", help="skip the control model (tiny-vlm: tiny-vlm-random)")
+    p.add_argument(
+        "--no-held-out",
+        action="store_true",
+        help="tiny-vlm on colours: run SAV on tiny-vlm itself (trained on colours) instead of the held-out-skill "
+        "comparison (tiny-vlm-heldout-color, never taught to say a colour, as the headline beside tiny-vlm), and "
+        "add the prompt that lists the labels",
+    )
     p.add_argument("--categories", default=None, help="comma-separated fortunes categories (default: 5 topics)")
     p.add_argument("--shots", type=int, default=20, help="training examples per class")
     p.add_argument("--test", type=int, default=None, help="test examples per class (default 40; easy-VQA 20)")

@@ -12,7 +12,7 @@ from savlens.datasets.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_m
 from savlens.datasets.files import load_examples, read_records
 from savlens.datasets.fortunes import FORTUNES_CATEGORIES, FORTUNES_PROMPT, load_fortunes, read_fortune_file
 from savlens.datasets.reference import LABEL_KEYS, MHALU_PROMPT, VLGUARD_PROMPT, load_mhalu, load_vlguard
-from savlens.datasets.split import Split, few_shot_split
+from savlens.datasets.split import Split, few_shot_split, image_disjoint_split, image_keys
 from savlens.datasets.tables import load_table, read_parquet
 
 __all__ = [
@@ -26,6 +26,8 @@ __all__ = [
     "Split",
     "VLGUARD_PROMPT",
     "few_shot_split",
+    "image_disjoint_split",
+    "image_keys",
     "load_easy_vqa",
     "load_examples",
     "load_fashion_mnist",

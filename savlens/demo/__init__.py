@@ -12,10 +12,14 @@ and a 1M-parameter projector trained by savlens; docs/tiny-vlm.md) and the colou
 3. scores every head by leave-one-out nearest-centroid accuracy on the training shots, keeps the 20 best,
    and classifies the test set by their vote (:class:`savlens.SAV`);
 4. compares, on the same test set: the model's own zero-shot answer (its greedy first answer token, and its
-   answer restricted to the labels), the same two under a prompt that lists the labels (a format the model
-   was never trained on), an SAV voting with every head, sparse layers with the same feature budget, a
-   logistic probe on the same 20 heads, the control model with an untrained projector (``tiny-vlm-random``),
-   class centroids of the vision tower's pooled output without the language model, and chance;
+   answer restricted to the labels), an SAV voting with every head, sparse layers with the same feature
+   budget, a logistic probe on the same 20 heads, an SAV fitted on shuffled shot labels, the control model
+   with an untrained projector (``tiny-vlm-random``), class centroids of the vision tower's pooled output
+   without the language model, and chance. On colours the headline model is ``tiny-vlm-heldout-color`` (its
+   projector trained without any colour question: a skill it was never taught to say), with ``tiny-vlm``'s
+   SAV and zero-shot rows beside it and, for both, the paired comparison of SAV with the model's answer (exact
+   McNemar p, paired bootstrap interval); ``--no-held-out`` runs SAV on ``tiny-vlm`` itself and adds the
+   zero-shot and SAV rows under a prompt that lists the labels (a format the model was never trained on);
 5. writes figures: the layer x head score map with the selected heads, a t-SNE of the best and a median head,
    per-class vote histograms, accuracy against shots and against k, the head locations of several tasks
    (the full task and class pairs) overlaid, their transfer matrix, the confusion matrix, where the selected
@@ -45,13 +49,23 @@ from savlens.demo.run import (
     answer_tokens,
     head_features,
     image_features,
+    paired_lines,
     run_demo,
     wilson_interval,
     zero_shot,
     zero_shot_rows,
 )
 from savlens.demo.run import accuracy as accuracy
-from savlens.demo.tasks import CONTROLS, DEFAULT_MODEL, TASKS, DemoTask, easy_vqa_task, fortunes_task, task_for
+from savlens.demo.tasks import (
+    CONTROLS,
+    DEFAULT_MODEL,
+    HELD_OUT,
+    TASKS,
+    DemoTask,
+    easy_vqa_task,
+    fortunes_task,
+    task_for,
+)
 from savlens.demo.tasks import FORTUNES_DEMO_PROMPT as FORTUNES_DEMO_PROMPT
 from savlens.demo.tasks import choices_text as choices_text
 
@@ -72,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 __all__ = [
     "CONTROLS",
     "DEFAULT_MODEL",
+    "HELD_OUT",
     "TASKS",
     "DemoResult",
     "DemoTask",
@@ -83,6 +98,7 @@ __all__ = [
     "head_features",
     "fortunes_task",
     "image_features",
+    "paired_lines",
     "run_demo",
     "task_for",
     "wilson_interval",

@@ -215,6 +215,51 @@ def zero_shot_rows(
     return rows
 
 
+def _paired(
+    sav_pred: Sequence[Any],
+    greedy: Sequence[Any],
+    restricted: Sequence[Any],
+    truth: Sequence[Any],
+    seed: int,
+) -> dict[str, Any]:
+    """SAV vs the model's greedy and restricted answers on the same questions: exact McNemar p and a paired
+    bootstrap 95% interval of accuracy(SAV) - accuracy(answer); {} without scipy / scikit-learn."""
+    from savlens.stats import mcnemar_exact, paired_bootstrap
+
+    ok = [p == t for p, t in zip(sav_pred, truth)]
+    out: dict[str, Any] = {}
+    try:
+        for name, answers in (("greedy", greedy), ("restricted", restricted)):
+            if not answers or (name == "restricted" and all(a is None for a in answers)):
+                continue  # no label has its own token: there is no restricted answer
+            other = [a == t for a, t in zip(answers, truth)]
+            mc, bs = mcnemar_exact(ok, other), paired_bootstrap(ok, other, seed=seed)
+            out[name] = {
+                "sav_only": mc.a_only,
+                "answer_only": mc.b_only,
+                "mcnemar_p": mc.p_value,
+                "difference": bs.difference,
+                "ci95": [bs.low, bs.high],
+            }
+    except SavlensError:
+        return {}
+    return out
+
+
+def paired_lines(paired: dict[str, Any]) -> list[str]:
+    """Describe :func:`run_demo`'s ``extra["paired"]``: one line per model and answer kind."""
+    lines = []
+    for model_id, kinds in paired.items():
+        for kind, v in kinds.items():
+            what = "greedy answer" if kind == "greedy" else "answer restricted to the labels"
+            lines.append(
+                f"{model_id}: SAV - its {what} = {v['difference']:+.3f}, paired bootstrap 95% interval "
+                f"[{v['ci95'][0]:+.3f}, {v['ci95'][1]:+.3f}]; SAV alone right on {v['sav_only']}, the answer alone "
+                f"on {v['answer_only']}: exact McNemar p = {v['mcnemar_p']:.2g}"
+            )
+    return lines
+
+
 def run_demo(
     model: Model,
     task: DemoTask,
@@ -227,6 +272,8 @@ def run_demo(
     load_seconds: float = 0.0,
     control: Model | None = None,
     control_note: str = "",
+    trained: Model | None = None,
+    trained_note: str = "",
 ) -> DemoResult:
     """Run the demo on a loaded model and task; write figures under ``out`` (None: no figures).
 
@@ -235,6 +282,13 @@ def run_demo(
     same way on its heads; with a vision-language model and one image per example, nearest class centroids
     (cosine, the same shots) on the vision tower's pooled output alone, without the language model (the
     analogue of the paper's image-encoder comparison).
+
+    With ``trained`` (the held-out-skill comparison: ``model`` was never taught to say the task's answers, e.g.
+    ``tiny-vlm-heldout-color`` on colours, and ``trained`` is the same architecture trained on them,
+    ``tiny-vlm``): SAV and the zero-shot answers of ``trained`` on the same split as rows of their own, and
+    for both models the paired comparison of SAV with the model's own answer (exact McNemar p and a paired
+    bootstrap 95% interval of the accuracy difference, in ``extra["paired"]``). Also, always: an SAV fitted on
+    shuffled shot labels (the floor of the procedure).
     """
     from savlens.classifiers import HeadLinearProbe, SparseLayers
     from savlens.compare import layer_budget
@@ -286,8 +340,25 @@ def run_demo(
         rows.append(_row(f"logistic probe on the same {k} heads", None, n, "needs scikit-learn"))
     greedy, restricted = zero_shot(test, tokens)
     rows += zero_shot_rows(greedy, restricted, truth, has_tokens=any(tokens.values()))
+    labels = list(train.labels or [])
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed)).tolist()
+    shuffled = SAV(k=k, seed=seed).fit(train.with_labels([labels[i] for i in order]))
+    rows.append(_row(f"SAV fitted on shuffled shot labels ({k} heads)", shuffled.score(test), n))
+    paired: dict[str, Any] = {model.model_id: _paired(sav_pred, greedy, restricted, truth, seed)}
     t_methods = time.perf_counter() - t1
     t2 = time.perf_counter()
+    if trained is not None:
+        tag = f"trained skill, {trained.model_id}" + (f" ({trained_note})" if trained_note else "")
+        tr_train = features(trained, task.train, task.prompt_template, False)
+        tr_test = features(trained, task.test, task.prompt_template, True)
+        tr_pred = SAV(k=k, seed=seed).fit(tr_train).predict(tr_test)
+        rows.append(_row(f"{tag}: SAV, {k} heads", accuracy(tr_pred, truth), n))
+        g, r = zero_shot(tr_test, tokens)
+        rows += [
+            {**row, "method": f"{tag}: {row['method']}"}
+            for row in zero_shot_rows(g, r, truth, has_tokens=any(tokens.values()))
+        ]
+        paired[trained.model_id] = _paired(tr_pred, g, r, truth, seed)
     for what, template in task.other_prompts.items():
         o_train, o_test = features(model, task.train, template, False), features(model, task.test, template, True)
         rows.append(_row(f"SAV ({what})", SAV(k=k, seed=seed).fit(o_train).score(o_test), n))
@@ -334,6 +405,7 @@ def run_demo(
             "grid": [train.n_layers, train.n_heads],
             "seed": seed,
             "answer_tokens": {str(c): ts for c, ts in tokens.items()},
+            "paired": paired,
             "predictions": [
                 {"id": i, "label": t, "sav": p, "zero_shot": g, "zero_shot_restricted": r}
                 for i, t, p, g, r in zip(test.example_ids or [], truth, sav_pred, greedy, restricted)

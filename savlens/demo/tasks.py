@@ -10,6 +10,10 @@ from savlens.loading import Model
 DEFAULT_MODEL = "tiny-vlm"
 #: Control models of the demo (``--no-control`` skips them): zoo name -> (control's zoo name, what it lacks).
 CONTROLS = {"tiny-vlm": ("tiny-vlm-random", "projector untrained: random weights")}
+#: The held-out-skill comparison (``--no-held-out`` skips it): zoo name -> {task: the model trained the same
+#: way without that task's skill}. The demo's headline model becomes the held-out one (SAV against its own
+#: answer on a skill it was never taught to say), and the named model gives the trained-skill rows.
+HELD_OUT = {"tiny-vlm": {"easy-vqa-color": "tiny-vlm-heldout-color"}}
 #: The demo prompt for fortunes: it names the classes, so the model's zero-shot answer is a fair baseline.
 FORTUNES_DEMO_PROMPT = "Classify the topic of this quote as {choices}.\nQuote: {{text}}\nTopic:"
 

@@ -46,6 +46,7 @@ __all__ = [
     "IMAGE_TOKEN",
     "PROJECTOR_CONFIG",
     "PROJECTOR_FILE",
+    "PROJECTOR_FILES",
     "LoadedVLM",
     "TinyVLM",
     "TinyVLMConfig",
@@ -64,6 +65,13 @@ WEIGHTS_DIR = Path(__file__).parent / "weights"
 #: The trained projector (fp16 safetensors) and its training config, metrics and sha256.
 PROJECTOR_FILE = WEIGHTS_DIR / "tiny_vlm_projector.safetensors"
 PROJECTOR_CONFIG = WEIGHTS_DIR / "tiny_vlm_projector.json"
+#: The committed projectors by name: ``"trained"`` (every easy-VQA skill) and ``"heldout-color"`` (trained the
+#: same way with every question that asks about or names a colour left out: the model sees colours in its
+#: image tokens but was never taught to say them; experiments/train_tiny_vlm.py --hold-out color).
+PROJECTOR_FILES = {
+    "trained": PROJECTOR_FILE,
+    "heldout-color": WEIGHTS_DIR / "tiny_vlm_projector_heldout_color.safetensors",
+}
 
 
 class TinyVLMConfig(PreTrainedConfig):
@@ -472,7 +480,8 @@ def load_tiny_vlm(
     plus a projector.
 
     Args:
-        projector: ``"trained"`` (the committed weights, sha256-checked), ``"random"`` (PyTorch's default
+        projector: ``"trained"`` (the committed weights, sha256-checked), ``"heldout-color"`` (the committed
+            projector trained without colour questions, sha256-checked), ``"random"`` (PyTorch's default
             ``nn.Linear`` init under ``torch.manual_seed(seed)``: a control), or a path to a safetensors file.
         dtype: dtype of every part.
         attn_implementation: ``"sdpa"`` or ``"eager"`` (for attention patterns), for the LM.
@@ -493,7 +502,7 @@ def load_tiny_vlm(
             proj = TinyVLMProjector(tower.d_features, int(lm.config.hidden_size))
         source = f"random:seed{seed}"
     else:
-        path = PROJECTOR_FILE if str(projector) == "trained" else Path(projector)
+        path = PROJECTOR_FILES.get(str(projector), Path(projector))
         state, sha = read_projector(path)
         try:
             proj.load_state_dict(state)

@@ -20,6 +20,7 @@ Only the projector (1.07M parameters) is trained; EfficientNet-Lite0 and SmolLM2
 import json
 import math
 import os
+import re
 import tempfile
 import time
 from collections import Counter
@@ -36,7 +37,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from transformers import DynamicCache
 
-from savlens.datasets.easyvqa import EASY_VQA_TASKS, easy_vqa_dir, easy_vqa_task
+from savlens.datasets.easyvqa import EASY_VQA_COLORS, EASY_VQA_SHAPES, EASY_VQA_TASKS, easy_vqa_dir, easy_vqa_task
 from savlens.zoo.efficientnet import efficientnet_lite0_path
 from savlens.zoo.smollm2 import savlens_cache_root
 from savlens.zoo.tiny_vlm import TinyVLM, TinyVLMProcessor, TinyVLMProjector, file_sha256
@@ -49,9 +50,12 @@ __all__ = [
     "accuracy_by_task",
     "answer_prior",
     "cached_image_features",
+    "HOLD_OUT_SKILLS",
     "evaluate_generative",
+    "hold_out_items",
     "image_features",
     "load_vqa_items",
+    "mentions_skill",
     "normalize_answer",
     "save_projector",
     "train_projector",
@@ -83,6 +87,9 @@ class TrainConfig:
     #: (text, answer) pair has equal mass and "yes" and "no" are equally likely for every text (sampled with
     #: replacement; texts that only ever have one answer are dropped). Off: the committed run's sampler.
     balance_yes_no: bool = False
+    #: a skill left out of the training data (a key of :data:`HOLD_OUT_SKILLS`, e.g. ``"color"``): every
+    #: question that asks about it or names one of its words is dropped (:func:`hold_out_items`); None: all
+    hold_out: str | None = None
 
 
 @dataclass(frozen=True)
@@ -162,6 +169,50 @@ def cached_image_features(
     return feats
 
 
+#: The words that mark a question as being about a skill: the skill's name and its answer words. Colour:
+#: "color" / "colour" and the 8 easy-VQA colours; shape: "shape" is in every colour question too, so only
+#: the three shape names mark it.
+HOLD_OUT_SKILLS: dict[str, frozenset[str]] = {
+    "color": frozenset({"color", "colour", "colors", "colours", *EASY_VQA_COLORS}),
+    "shape": frozenset(EASY_VQA_SHAPES),
+}
+
+
+def mentions_skill(question: str, skill: str) -> bool:
+    """Return True if ``question`` names a word of ``skill`` (:data:`HOLD_OUT_SKILLS`), whole words only.
+
+    >>> mentions_skill("is there a red shape in the image?", "color"), mentions_skill("is there a circle?", "color")
+    (True, False)
+    >>> mentions_skill("what is the teal shape?", "color")
+    True
+    """
+    if skill not in HOLD_OUT_SKILLS:
+        raise ValueError(f"hold_out={skill!r}: expected one of {sorted(HOLD_OUT_SKILLS)}.")
+    words = set(re.findall(r"[a-z]+", question.lower()))
+    return bool(words & HOLD_OUT_SKILLS[skill])
+
+
+def hold_out_items(items: Sequence[VQAItem], skill: str | None) -> list[VQAItem]:
+    """Drop every question of task ``skill`` and every question that names one of its words (so for
+    ``"color"``: "what color is the shape?", "is there a red shape?", "what is the teal shape?"); None
+    keeps all.
+
+    >>> items = [VQAItem("what color is the shape?", "red", "color", 0, 0),
+    ...          VQAItem("is there a red shape?", "no", "yes_no", 0, 1),
+    ...          VQAItem("what is the red shape?", "circle", "shape", 0, 2),
+    ...          VQAItem("is there a circle?", "yes", "yes_no", 0, 3)]
+    >>> [it.index for it in hold_out_items(items, "color")]
+    [3]
+    """
+    if skill is None:
+        return list(items)
+    return [
+        it
+        for it in items
+        if it.task != skill and not mentions_skill(it.question, skill) and not mentions_skill(it.answer, skill)
+    ]
+
+
 def normalize_answer(text: str) -> str:
     """Lower-case, strip spaces and a final full stop: the exact-match form of a generated answer.
 
@@ -227,6 +278,10 @@ def _sampler(items: Sequence[VQAItem], config: TrainConfig, gen: torch.Generator
         else {"all": list(range(len(items)))}
     )
     queues: dict[str, list[int]] = {k: [] for k in pools}
+    if config.task_weights is not None:
+        empty = [t for t, w in zip(tasks, config.task_weights) if w > 0 and not pools[t]]
+        if empty:
+            raise ValueError(f"task_weights give weight to {empty}, which have no questions (set their weight to 0).")
     if config.balance_yes_no:
         if config.task_weights is None:
             raise ValueError("balance_yes_no needs task_weights (the yes/no rows are drawn from their own pool).")
