@@ -243,13 +243,26 @@ def open_shards(path: str | os.PathLike[str], *, verify: bool = False) -> Stored
         raise StoreError(f"the feature store {str(root)!r} is inconsistent ({e.detail}).") from e
 
 
+MIN_HEADS_PER_GROUP = 64
+"""Fewest heads per group when whole examples are kept in a block: below that a group's slice of each row is too
+short a read, and blocks of examples with every head (read twice) are faster."""
+
+
 def block_sizes(
     features: "HeadFeatures | StoredFeatures", state_per_head: int, work_per_example_head: int
 ) -> tuple[int, int]:
-    """Return ``(heads_per_group, examples_per_block)`` so that the state kept for a group of heads (bytes per
-    head) takes at most half of :func:`memory_bound` and a block's working arrays the other half."""
+    """Return ``(heads_per_group, examples_per_block)`` for a streamed computation.
+
+    The state kept per head (bytes) takes at most half of :func:`memory_bound` and a block's working arrays
+    (bytes per example and head) the rest. When every example of a group of at least ``MIN_HEADS_PER_GROUP``
+    heads fits, the block is the whole group (each byte read once); otherwise blocks of examples with as many
+    heads as the state allows.
+    """
     bound = memory_bound()
-    n_flat = features.n_layers * features.n_heads
+    n, n_flat = features.n_examples, features.n_layers * features.n_heads
     heads = max(1, min(n_flat, bound // 2 // max(1, state_per_head)))
+    whole = (bound - heads * state_per_head) // max(1, n * work_per_example_head)
+    if whole >= min(heads, MIN_HEADS_PER_GROUP):
+        return int(min(heads, whole)), n
     rows = max(1, (bound - heads * state_per_head) // max(1, heads * work_per_example_head))
-    return heads, min(rows, features.n_examples)
+    return heads, min(rows, n)

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from savlens import SAV
+from savlens import SAV, outofcore
 from savlens.errors import FeatureError
 from savlens.outofcore import StoredFeatures, bounded_memory, memory_bound, open_shards, set_memory_bound
 from savlens.scoring import centroid_accuracy, fisher_ratio, probe_accuracy
@@ -52,15 +52,25 @@ def _record_blocks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 @pytest.mark.parametrize("mode", ["in_sample", "loo", "kfold"])
-def test_centroid_scores_streamed_equal_in_memory(store: Path, mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("blocks", ["examples", "head groups"])
+def test_centroid_scores_streamed_equal_in_memory(
+    store: Path, mode: str, blocks: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     mem = centroid_accuracy(open_store(store), mode=mode)
     stored = open_shards(store)
     assert stored.nbytes > 4 * BOUND and stored.dtype == torch.float16
+    bound = BOUND
+    if blocks == "head groups":  # every example of a few heads per block (each byte read once)
+        monkeypatch.setattr(outofcore, "MIN_HEADS_PER_GROUP", 2)
+        bound = 600_000
     sizes = _record_blocks(monkeypatch)
-    with bounded_memory(BOUND):
+    with bounded_memory(bound):
         got = centroid_accuracy(stored, mode=mode)
     assert torch.equal(got.scores, mem.scores) and got.params == mem.params
-    assert len(sizes) > 4 and max(sizes) <= BOUND  # many blocks, each within the bound
+    assert len(sizes) >= 4 and max(sizes) <= bound  # many blocks, each within the bound
+    if blocks == "head groups":
+        row = 300 * 16 * 4  # one head of all 300 examples
+        assert all(s % row == 0 and s < 12 * row for s in sizes)  # groups of a few heads, every example
     assert got.scores.argmax() == 1 * 4 + 2  # the planted head
 
 
