@@ -249,20 +249,26 @@ short a read, and blocks of examples with every head (read twice) are faster."""
 
 
 def block_sizes(
-    features: "HeadFeatures | StoredFeatures", state_per_head: int, work_per_example_head: int
-) -> tuple[int, int]:
-    """Return ``(heads_per_group, examples_per_block)`` for a streamed computation.
+    features: "HeadFeatures | StoredFeatures",
+    state_per_head: int,
+    raw_per_example_head: int,
+    temp_per_example_head: int,
+) -> tuple[int, int, int]:
+    """Return ``(heads_per_group, examples_per_block, heads_per_step)`` for a streamed computation.
 
-    The state kept per head (bytes) takes at most half of :func:`memory_bound` and a block's working arrays
-    (bytes per example and head) the rest. When every example of a group of at least ``MIN_HEADS_PER_GROUP``
-    heads fits, the block is the whole group (each byte read once); otherwise blocks of examples with as many
-    heads as the state allows.
+    A quarter of :func:`memory_bound` goes to the state kept per head (bytes per head: class sums), half to the
+    block read from the features (bytes per example and head, stored dtype), a quarter to the float64 arrays of
+    one step (a few heads of the block at a time, bytes per example and head). When every example of a group of
+    at least ``MIN_HEADS_PER_GROUP`` heads fits, the block is the whole group (each byte read once); otherwise
+    blocks of examples with as many heads as the state allows (read once per pass).
     """
     bound = memory_bound()
     n, n_flat = features.n_examples, features.n_layers * features.n_heads
-    heads = max(1, min(n_flat, bound // 2 // max(1, state_per_head)))
-    whole = (bound - heads * state_per_head) // max(1, n * work_per_example_head)
+    heads = max(1, min(n_flat, bound // 4 // max(1, state_per_head)))
+    whole = bound // 2 // max(1, n * raw_per_example_head)
     if whole >= min(heads, MIN_HEADS_PER_GROUP):
-        return int(min(heads, whole)), n
-    rows = max(1, (bound - heads * state_per_head) // max(1, heads * work_per_example_head))
-    return heads, min(rows, n)
+        heads, rows = int(min(heads, whole)), n
+    else:
+        rows = max(1, min(n, bound // 2 // max(1, heads * raw_per_example_head)))
+    step = max(1, min(16, heads, bound // 4 // max(1, rows * temp_per_example_head)))
+    return heads, rows, step

@@ -314,16 +314,18 @@ def _rows(features: "HeadFeatures | StoredFeatures", start: int, stop: int, head
     return features.rows(start, stop, heads)
 
 
-def _block(features: "HeadFeatures | StoredFeatures", start: int, stop: int, heads: slice, what: str) -> Tensor:
-    """Read a block as float64 (``example head d_head``), refusing NaN / inf."""
-    x = _rows(features, start, stop, heads).double()
+def _as_f64(
+    features: "HeadFeatures | StoredFeatures", raw: Tensor, start: int, heads: slice, j: int, step: int, what: str
+) -> Tensor:
+    """Heads ``j:j+step`` of a block read from ``heads`` (rows from ``start``) as float64, refusing NaN / inf."""
+    x = raw[:, j : j + step].double()
     flat = x.reshape(-1)
     if torch.isfinite(flat @ flat):  # one BLAS dot: finite rows cannot overflow it in float64
         return x
     bad = ~torch.isfinite(x).all(dim=-1)
     if bad.any():
-        i, j = torch.nonzero(bad)[0].tolist()
-        at = (heads.start or 0) + j
+        i, h = torch.nonzero(bad)[0].tolist()
+        at = (heads.start or 0) + j + h
         ids = features.example_ids or []
         layers = features.layers or ()
         raise FeatureError(
@@ -334,13 +336,16 @@ def _block(features: "HeadFeatures | StoredFeatures", start: int, stop: int, hea
     return x
 
 
-def _groups(features: "HeadFeatures | StoredFeatures", state_per_head: int, work: int) -> Iterator[tuple[slice, int]]:
-    """Yield ``(heads, examples_per_block)``: groups of flat heads and the block size that keep the state
-    and the working arrays within :func:`savlens.outofcore.memory_bound`."""
-    per_group, rows = block_sizes(features, state_per_head, work)
+def _groups(
+    features: "HeadFeatures | StoredFeatures", state_per_head: int, temp: int
+) -> Iterator[tuple[slice, int, int]]:
+    """Yield ``(heads, examples_per_block, heads_per_step)``: groups of flat heads, the block size and the float64
+    step that keep the state, the blocks and the working arrays within :func:`savlens.outofcore.memory_bound`."""
+    itemsize = features.z.element_size() if isinstance(features, HeadFeatures) else features.dtype.itemsize
+    per_group, rows, step = block_sizes(features, state_per_head, features.d_head * itemsize, temp)
     n_flat = features.n_layers * features.n_heads
     for j in range(0, n_flat, per_group):
-        yield slice(j, min(j + per_group, n_flat)), rows
+        yield slice(j, min(j + per_group, n_flat)), rows, step
 
 
 def _winner(sim: Tensor) -> Tensor:
@@ -392,44 +397,49 @@ def _centroid_correct(
                     f"{what}: class {classes[k]!r} is empty in the training split of fold {f} (it has "
                     f"{int(counts[k])} example(s)); use fewer folds, mode='loo' or more examples."
                 )
-    itemsize = features.z.element_size() if isinstance(features, HeadFeatures) else features.dtype.itemsize
-    work = d * (itemsize + 3 * 8) + c * 8 * 6 + 64
+    temp = d * 8 * 4 + c * 8 * 8 + 64
     correct = []
-    for heads, rows in _groups(features, n_sums * d * 8 * 2, work):
+    for heads, rows, step in _groups(features, n_sums * d * 8 * 2, temp):
         n_heads = heads.stop - heads.start
         sums = torch.zeros(n_sums, n_heads, d, dtype=torch.float64)
         whole: Tensor | None = None  # the block, when one block holds every example: read once, not twice
         for start in range(0, n, rows):
             stop = min(start + rows, n)
-            x = _block(features, start, stop, heads, what)
-            whole = x if stop - start == n else None
-            onehot = F.one_hot(codes[start:stop], n_sums).double()
-            sums += (onehot.T @ x.reshape(x.shape[0], -1)).reshape(n_sums, n_heads, d)
+            raw = _rows(features, start, stop, heads)
+            whole = raw if stop - start == n else None
+            onehot = F.one_hot(codes[start:stop], c).double().T
+            fold_onehot = None
             if folds is not None:
-                fold_key = c + folds[start:stop] * c + codes[start:stop]
-                sums += (F.one_hot(fold_key, n_sums).double().T @ x.reshape(x.shape[0], -1)).reshape(n_sums, n_heads, d)
+                fold_onehot = F.one_hot(folds[start:stop] * c + codes[start:stop], n_folds * c).double().T
+            for j in range(0, n_heads, step):
+                x = _as_f64(features, raw, start, heads, j, step, what)
+                flat = x.reshape(x.shape[0], -1)
+                sums[:c, j : j + step] += (onehot @ flat).reshape(c, -1, d)
+                if fold_onehot is not None:
+                    sums[c:, j : j + step] += (fold_onehot @ flat).reshape(n_folds * c, -1, d)
         class_sums = sums[:c]
         got = torch.zeros(n_heads, dtype=torch.long)
-        if mode == "in_sample":
-            centroids = class_sums / counts.double()[:, None, None]
-        elif mode == "loo":
-            ss = torch.einsum("cjd,cjd->cj", class_sums, class_sums)
+        centroids = class_sums / counts.double()[:, None, None]
+        ss = torch.einsum("cjd,cjd->cj", class_sums, class_sums)
         for start in range(0, n, rows):
             stop = min(start + rows, n)
-            x = whole if whole is not None else _block(features, start, stop, heads, what)
+            raw = whole if whole is not None else _rows(features, start, stop, heads)
             y = codes[start:stop]
-            if mode == "in_sample":
-                got += (_winner(_cosines(x, centroids)) == y[:, None]).sum(0)
-            elif mode == "loo":
-                got += _loo_correct_block(x, y, class_sums, ss, counts)
-            else:
-                assert folds is not None
-                fb = folds[start:stop]
-                for f in torch.unique(fb).tolist():
-                    sel = torch.nonzero(fb == f).squeeze(1)
-                    fold_sums = sums[c + f * c : c + (f + 1) * c]
-                    cents = (class_sums - fold_sums) / train_counts[f].double()[:, None, None]
-                    got += (_winner(_cosines(x[sel], cents)) == y[sel, None]).sum(0)
+            fb = folds[start:stop] if folds is not None else None
+            for j in range(0, n_heads, step):
+                x = _as_f64(features, raw, start, heads, j, step, what)
+                part = slice(j, j + step)
+                if mode == "in_sample":
+                    got[part] += (_winner(_cosines(x, centroids[:, part])) == y[:, None]).sum(0)
+                elif mode == "loo":
+                    got[part] += _loo_correct_block(x, y, class_sums[:, part], ss[:, part], counts)
+                else:
+                    assert fb is not None
+                    for f in torch.unique(fb).tolist():
+                        sel = torch.nonzero(fb == f).squeeze(1)
+                        fold_sums = sums[c + f * c : c + (f + 1) * c, part]
+                        cents = (class_sums[:, part] - fold_sums) / train_counts[f].double()[:, None, None]
+                        got[part] += (_winner(_cosines(x[sel], cents)) == y[sel, None]).sum(0)
         correct.append(got)
     return torch.cat(correct)
 
@@ -676,15 +686,17 @@ def fisher_ratio(
         raise FeatureError(f"{what}: the features hold no examples.")
     counts = enc.counts.double()
     sum_parts, sq_parts = [], []
-    for heads, rows in _groups(features, c * d * 8 * 2, d * 8 * 3 + 64):  # streamed: class sums, sum of squares
+    for heads, rows, step in _groups(features, c * d * 8 * 2, d * 8 * 3 + 64):  # streamed: class sums, squares
         sums = torch.zeros(c, heads.stop - heads.start, d, dtype=torch.float64)
         sq = torch.zeros(heads.stop - heads.start, dtype=torch.float64)
         for start in range(0, n, rows):
-            x = _block(features, start, min(start + rows, n), heads, what)
-            if normalize:
-                x = x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(EPS)
-            sums += _class_sums(x, enc.codes[start : start + x.shape[0]], c)
-            sq += torch.einsum("njd,njd->j", x, x)
+            raw = _rows(features, start, min(start + rows, n), heads)
+            for j in range(0, heads.stop - heads.start, step):
+                x = _as_f64(features, raw, start, heads, j, step, what)
+                if normalize:
+                    x = x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(EPS)
+                sums[:, j : j + step] += _class_sums(x, enc.codes[start : start + x.shape[0]], c)
+                sq[j : j + step] += torch.einsum("njd,njd->j", x, x)
         sum_parts.append(sums)
         sq_parts.append(sq)
     sums, total_sq = torch.cat(sum_parts, dim=1), torch.cat(sq_parts)
