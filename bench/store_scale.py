@@ -269,11 +269,22 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--render", action="store_true", help="only re-render docs/performance.md from --out")
+    ap.add_argument("--merge", action="store_true", help="keep the other sizes already in --out")
     args = ap.parse_args()
     if args.render:
         write_doc(json.loads(args.out.read_text()))
         return
     data = run(sorted(args.n), args.bound, args.workdir)
+    if args.merge and args.out.exists():  # keep the other sizes of an earlier run (same grid and bound)
+        old = json.loads(args.out.read_text())
+        if (old["grid"], old["memory_bound"]) == (data["grid"], data["memory_bound"]):
+            mine = {r["n"] for r in data["results"]}
+            for r in old["results"]:
+                if r["n"] not in mine:
+                    r.setdefault("date", old["date"])
+                    data["results"].append(r)
+            data["results"].sort(key=lambda r: r["n"])
+            data["command"] += f" (merged with: {old['command']}, {old['date']})"
     args.out.write_text(json.dumps(data, indent=1) + "\n")
     write_doc(data)
 

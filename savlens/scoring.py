@@ -399,12 +399,14 @@ def _centroid_correct(
                 )
     temp = d * 8 * 4 + c * 8 * 8 + 64
     correct = []
+    whole: Tensor | None = None  # the block, when one block holds every example: read once, not twice
     for heads, rows, step in _groups(features, n_sums * d * 8 * 2, temp):
         n_heads = heads.stop - heads.start
         sums = torch.zeros(n_sums, n_heads, d, dtype=torch.float64)
-        whole: Tensor | None = None  # the block, when one block holds every example: read once, not twice
+        raw = whole = None  # drop the previous group's block before reading this one's
         for start in range(0, n, rows):
             stop = min(start + rows, n)
+            raw = None  # drop the previous block before reading the next
             raw = _rows(features, start, stop, heads)
             whole = raw if stop - start == n else None
             onehot = F.one_hot(codes[start:stop], c).double().T
@@ -423,7 +425,11 @@ def _centroid_correct(
         ss = torch.einsum("cjd,cjd->cj", class_sums, class_sums)
         for start in range(0, n, rows):
             stop = min(start + rows, n)
-            raw = whole if whole is not None else _rows(features, start, stop, heads)
+            if whole is None:
+                raw = None  # drop the previous block before reading the next
+                raw = _rows(features, start, stop, heads)
+            else:
+                raw = whole
             y = codes[start:stop]
             fb = folds[start:stop] if folds is not None else None
             for j in range(0, n_heads, step):
@@ -690,6 +696,7 @@ def fisher_ratio(
         sums = torch.zeros(c, heads.stop - heads.start, d, dtype=torch.float64)
         sq = torch.zeros(heads.stop - heads.start, dtype=torch.float64)
         for start in range(0, n, rows):
+            raw = None  # drop the previous block before reading the next
             raw = _rows(features, start, min(start + rows, n), heads)
             for j in range(0, heads.stop - heads.start, step):
                 x = _as_f64(features, raw, start, heads, j, step, what)
