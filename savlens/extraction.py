@@ -181,6 +181,8 @@ def extract(
             bar.update(len(chunk))
     finally:
         bar.close()
+        if fs is not None:
+            fs.close()  # release the write lock, also when the run fails
     if fs is not None and world > 1:
         import torch.distributed as dist
 
@@ -188,10 +190,13 @@ def extract(
         if rank == 0:
             merge_ranks(fs.path, header, world, ids)
         dist.barrier()
-        fs = FeatureStore(store, {**header, "order": ids})  # type: ignore[arg-type]
+    if fs is not None and (world == 1 or rank == 0):
+        with FeatureStore(store, {**header, "order": ids}) as fs:  # type: ignore[arg-type]
+            if fs.manifest.get("order") != ids and fs.done_ids == set(ids):
+                fs.set_order(ids)
+    if fs is not None and world > 1:
+        dist.barrier()
     if fs is not None:
-        if fs.manifest.get("order") != ids and fs.done_ids == set(ids):
-            fs.set_order(ids)
         feats = open_store(fs.path, verify=False)
         if feats.example_ids != ids:  # the store holds more examples than asked for
             where = {i: k for k, i in enumerate(feats.example_ids or [])}

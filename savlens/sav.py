@@ -22,6 +22,7 @@ from savlens.cache import HeadFeatures
 from savlens.errors import ArgumentError, FeatureError, LabelError, NotFittedError, SavlensError, StoreError
 from savlens.heads import Head, HeadScores, HeadSet
 from savlens.io import json_safe, read_json, read_tensors, sha256_bytes, tensors_to_bytes, write_bytes, write_json
+from savlens.outofcore import StoredFeatures
 from savlens.pipeline import as_features, remembered
 from savlens.scoring import (
     EPS,
@@ -99,14 +100,14 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def _source_of(features: HeadFeatures) -> dict[str, Any]:
+def _source_of(features: "HeadFeatures | StoredFeatures") -> dict[str, Any]:
     src = features.describe()
     src["prompt_template_sha256"] = template_hash(features.prompt_template)
     src["meta"] = json_safe(features.meta)
     return src
 
 
-def _options_of(features: HeadFeatures) -> dict[str, Any]:
+def _options_of(features: "HeadFeatures | StoredFeatures") -> dict[str, Any]:
     """The extraction options recorded in features' provenance (template, position, chat settings)."""
     opts: dict[str, Any] = {"prompt_template": features.prompt_template}
     if features.positions != "last":
@@ -251,7 +252,7 @@ class SAV:
         return self.heads_.layers
 
     # fitting ---------------------------------------------------------------------------------------
-    def _check_k(self, features: HeadFeatures, what: str) -> None:
+    def _check_k(self, features: "HeadFeatures | StoredFeatures", what: str) -> None:
         if not _is_positive_int(self.k):
             raise ArgumentError(
                 f"{what}: k must be a positive int (the number of heads to keep); got {self.k!r}. "
@@ -279,8 +280,9 @@ class SAV:
             self
         """
         what = "SAV.fit"
-        from_model = not isinstance(features, HeadFeatures)
-        features, labels = as_features(features, labels, options=extract_options, what=what)
+        from_model = not isinstance(features, (HeadFeatures, StoredFeatures))
+        if from_model:
+            features, labels = as_features(features, labels, options=extract_options, what=what)
         # how to extract for predict(model, examples): as the training features were extracted
         self.extract_options_ = remembered(extract_options) if from_model else _options_of(features)
         self._check_k(features, what)
@@ -292,6 +294,8 @@ class SAV:
                 raise ArgumentError(f"{what}: reference=True uses the centroid criterion; got scorer={self.scorer!r}.")
             if self.mode not in (None, "in_sample"):
                 raise ArgumentError(f"{what}: reference=True scores in sample; got mode={self.mode!r}.")
+            if isinstance(features, StoredFeatures):
+                features = features.load()  # the reference computes in the features' dtype, all at once
             scores = centroid_accuracy(features, labels, mode="in_sample", reference=True)
             heads = scores.reference_top_k(self.k)
         else:
@@ -355,13 +359,26 @@ class SAV:
         self._fit_voting(features, enc, scores, what)
         return self
 
-    def _fit_centroids(self, features: HeadFeatures, enc: EncodedLabels, heads: HeadSet, what: str) -> None:
-        x = gather_heads(features, heads, what, upcast=not self.reference)
+    def _fit_centroids(
+        self, features: "HeadFeatures | StoredFeatures", enc: EncodedLabels, heads: HeadSet, what: str
+    ) -> None:
         if self.reference:  # as the reference: per-class mean of the stacked vectors, in the features' dtype
+            if isinstance(features, StoredFeatures):
+                features = features.load()
+            x = gather_heads(features, heads, what, upcast=False)
             centroids = torch.stack([x[enc.codes == c].mean(dim=0) for c in range(enc.n_classes)], dim=1)
-        else:
-            onehot = F.one_hot(enc.codes, enc.n_classes).to(x.dtype)
-            centroids = torch.einsum("nc,nkd->kcd", onehot, x) / enc.counts.to(x.dtype)[None, :, None]
+        else:  # class sums in float64, block by block for stored features, then float32 centroids
+            parts = [features] if isinstance(features, HeadFeatures) else features.chunks(features.examples_per_chunk())
+            sums: Tensor | None = None
+            start = 0
+            for part in parts:
+                x = gather_heads(part, heads, what).double()
+                onehot = F.one_hot(enc.codes[start : start + x.shape[0]], enc.n_classes).double()
+                start += x.shape[0]
+                block = torch.einsum("nc,nkd->kcd", onehot, x)
+                sums = block if sums is None else sums + block
+            assert sums is not None
+            centroids = (sums / enc.counts.double()[None, :, None]).float()
         self.heads_ = heads
         self.centroids_: Float[Tensor, "k class d_head"] = centroids
         self.classes_: tuple[Hashable, ...] = enc.classes
@@ -369,7 +386,7 @@ class SAV:
         self.source_: dict[str, Any] = _source_of(features)
 
     # prediction ------------------------------------------------------------------------------------
-    def _check_source(self, features: HeadFeatures, what: str) -> None:
+    def _check_source(self, features: "HeadFeatures | StoredFeatures", what: str) -> None:
         theirs = features.describe()
         diffs = [
             f"{k}: {self.source_[k]!r} vs {theirs[k]!r}"
@@ -400,7 +417,7 @@ class SAV:
 
     def _features(self, data: Any, examples_or_labels: Any, what: str, options: dict[str, Any]) -> Any:
         """Features from features, or from (model, examples) reading only the selected heads' layers."""
-        if isinstance(data, HeadFeatures):
+        if isinstance(data, (HeadFeatures, StoredFeatures)):
             return data, examples_or_labels
         self._check_fitted(what)
         opts = {**getattr(self, "extract_options_", {}), **options}
@@ -413,6 +430,12 @@ class SAV:
         are read, and the forward pass stops after the deepest of them.
         """
         features, _ = self._features(features, examples, "SAV.votes", extract_options)
+        if isinstance(features, StoredFeatures):  # block by block, within savlens.outofcore.memory_bound()
+            self._check_fitted("SAV.votes")
+            self._check_source(features, "SAV.votes")
+            parts = [self.votes(part) for part in features.chunks(features.examples_per_chunk())]
+            fields = ("votes", "counts", "similarity", "winners")
+            return Votes(self.heads_, self.classes_, *(torch.cat([getattr(p, f) for p in parts]) for f in fields))
         x = self.head_vectors(features)
         sim = F.cosine_similarity(x[:, :, None, :], self.centroids_[None], dim=-1, eps=EPS)
         votes = sim.argmax(dim=-1)

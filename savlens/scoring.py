@@ -13,7 +13,7 @@ Every criterion scores all ``layer x head_index`` heads at once (einsum / batche
 """
 
 import inspect
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +26,7 @@ from torch import Tensor
 from savlens.cache import HeadFeatures
 from savlens.errors import ArgumentError, FeatureError, LabelError
 from savlens.heads import HeadScores
+from savlens.outofcore import StoredFeatures, block_sizes
 
 EPS = 1e-8
 """The eps of :func:`torch.nn.functional.cosine_similarity`: each norm is clamped to at least this."""
@@ -113,7 +114,9 @@ def encode_labels(
     return EncodedLabels(classes, codes, next(iter(types)))
 
 
-def resolve_labels(features: HeadFeatures, labels: Sequence[Hashable] | None, what: str) -> list[Hashable]:
+def resolve_labels(
+    features: "HeadFeatures | StoredFeatures", labels: Sequence[Hashable] | None, what: str
+) -> list[Hashable]:
     """Return ``labels`` (or ``features.labels`` when None), checked to give one label per example."""
     if labels is None:
         labels = features.labels
@@ -252,7 +255,7 @@ def scorer_name(scorer: str | Scorer) -> str:
 
 def run_scorer(
     scorer: str | Scorer,
-    features: HeadFeatures,
+    features: "HeadFeatures | StoredFeatures",
     labels: Sequence[Hashable] | None = None,
     *,
     mode: str | None = None,
@@ -299,47 +302,164 @@ def _class_sums(x: Tensor, codes: Tensor, n_classes: int) -> Tensor:
     return (onehot.T @ x.reshape(x.shape[0], -1)).reshape(n_classes, *x.shape[1:])
 
 
-def _nearest(x: Tensor, centroids: Tensor) -> Tensor:
-    """Return the index of the nearest centroid (cosine, first maximum): ``example head``.
-
-    ``x``: ``example head d_head``; ``centroids``: ``class head d_head``. The example's own norm is a positive
-    factor common to all classes, so it is left out of the argmax.
-    """
-    dots = torch.einsum("njd,cjd->njc", x, centroids)
-    norms = torch.linalg.vector_norm(centroids, dim=-1).clamp_min(EPS)
-    return (dots / norms.T).argmax(dim=-1)
-
-
-def _correct_in_sample(x: Tensor, codes: Tensor, n_classes: int) -> Tensor:
-    counts = torch.bincount(codes, minlength=n_classes).to(x.dtype)
-    centroids = _class_sums(x, codes, n_classes) / counts[:, None, None]
-    return (_nearest(x, centroids) == codes[:, None]).sum(0)
-
-
-#: cosine similarities closer than this count as tied in leave-one-out scoring (see ``_correct_loo_f64``)
+#: cosine similarities closer than this count as tied (see ``_winner``)
 LOO_TIE_TOL = 1e-12
 
 
-def _correct_loo(x: Tensor, codes: Tensor, n_classes: int, heads_per_chunk: int = 8) -> Tensor:
+def _rows(features: "HeadFeatures | StoredFeatures", start: int, stop: int, heads: slice) -> Tensor:
+    """Examples ``start:stop`` of the flat heads ``heads``: ``example head d_head`` (stored dtype)."""
+    if isinstance(features, HeadFeatures):
+        z = features.z
+        return z.reshape(z.shape[0], -1, z.shape[-1])[start:stop, heads]
+    return features.rows(start, stop, heads)
+
+
+def _as_f64(
+    features: "HeadFeatures | StoredFeatures", raw: Tensor, start: int, heads: slice, j: int, step: int, what: str
+) -> Tensor:
+    """Heads ``j:j+step`` of a block read from ``heads`` (rows from ``start``) as float64, refusing NaN / inf."""
+    x = raw[:, j : j + step].double()
+    flat = x.reshape(-1)
+    if torch.isfinite(flat @ flat):  # one BLAS dot: finite rows cannot overflow it in float64
+        return x
+    bad = ~torch.isfinite(x).all(dim=-1)
+    if bad.any():
+        i, h = torch.nonzero(bad)[0].tolist()
+        at = (heads.start or 0) + j + h
+        ids = features.example_ids or []
+        layers = features.layers or ()
+        raise FeatureError(
+            f"{what}: the features hold NaN or infinite values in {int(bad.sum())} head vectors "
+            f"(first: example {ids[start + i]!r}, layer {layers[at // features.n_heads]}, "
+            f"head {at % features.n_heads})."
+        )
+    return x
+
+
+def _groups(
+    features: "HeadFeatures | StoredFeatures", state_per_head: int, temp: int
+) -> Iterator[tuple[slice, int, int]]:
+    """Yield ``(heads, examples_per_block, heads_per_step)``: groups of flat heads, the block size and the float64
+    step that keep the state, the blocks and the working arrays within :func:`savlens.outofcore.memory_bound`."""
+    itemsize = features.z.element_size() if isinstance(features, HeadFeatures) else features.dtype.itemsize
+    per_group, rows, step = block_sizes(features, state_per_head, features.d_head * itemsize, temp)
+    n_flat = features.n_layers * features.n_heads
+    for j in range(0, n_flat, per_group):
+        yield slice(j, min(j + per_group, n_flat)), rows, step
+
+
+def _winner(sim: Tensor) -> Tensor:
+    """The first class whose similarity is within ``LOO_TIE_TOL`` of the best: ``... class -> ...``.
+
+    Similarities computed by different formulas (or summed in a different order, block by block) differ in the
+    last float64 bits (~1e-16); counting those as ties makes the result independent of the block sizes, and a
+    tie goes to the first class, as an exact tie does in a brute-force loop. Real class signal in float32 or
+    half-precision features is orders of magnitude larger.
+    """
+    best = sim.max(dim=-1, keepdim=True).values
+    return (sim >= best - LOO_TIE_TOL).to(torch.int8).argmax(dim=-1)
+
+
+def _cosines(x: Tensor, centroids: Tensor) -> Tensor:
+    """Cosine similarity of ``x`` (``example head d_head``) to ``centroids`` (``class head d_head``), each norm
+    clamped to at least ``EPS``: ``example head class``."""
+    dots = torch.einsum("njd,cjd->njc", x, centroids)
+    c_norm = torch.linalg.vector_norm(centroids, dim=-1).clamp_min(EPS)
+    x_norm = torch.linalg.vector_norm(x, dim=-1).clamp_min(EPS)
+    return dots / c_norm.T / x_norm[..., None]
+
+
+def _centroid_correct(
+    features: "HeadFeatures | StoredFeatures",
+    codes: Tensor,
+    classes: tuple[Hashable, ...],
+    mode: str,
+    n_folds: int,
+    seed: int,
+    what: str,
+) -> Tensor:
+    """Count per flat head the examples assigned their own class, streaming blocks of examples and heads.
+
+    Two passes per group of heads: class sums (float64), then each example's similarities to the centroids
+    (in-sample, without itself: closed-form leave-one-out, or without its fold).
+    """
+    n, c, d = features.n_examples, len(classes), features.d_head
+    counts = torch.bincount(codes, minlength=c)
+    folds = stratified_folds(codes, n_folds, seed) if mode == "kfold" else None
+    n_sums = c * (n_folds + 1 if folds is not None else 1)
+    if folds is not None:
+        fold_counts = torch.bincount(folds * c + codes, minlength=n_folds * c).reshape(n_folds, c)
+        train_counts = counts[None] - fold_counts
+        for f in range(n_folds):
+            if (folds == f).any() and (train_counts[f] == 0).any():
+                k = int(torch.nonzero(train_counts[f] == 0)[0])
+                raise LabelError(
+                    f"{what}: class {classes[k]!r} is empty in the training split of fold {f} (it has "
+                    f"{int(counts[k])} example(s)); use fewer folds, mode='loo' or more examples."
+                )
+    temp = d * 8 * 4 + c * 8 * 8 + 64
+    correct = []
+    whole: Tensor | None = None  # the block, when one block holds every example: read once, not twice
+    for heads, rows, step in _groups(features, n_sums * d * 8 * 2, temp):
+        n_heads = heads.stop - heads.start
+        sums = torch.zeros(n_sums, n_heads, d, dtype=torch.float64)
+        raw = whole = None  # drop the previous group's block before reading this one's
+        for start in range(0, n, rows):
+            stop = min(start + rows, n)
+            raw = None  # drop the previous block before reading the next
+            raw = _rows(features, start, stop, heads)
+            whole = raw if stop - start == n else None
+            onehot = F.one_hot(codes[start:stop], c).double().T
+            fold_onehot = None
+            if folds is not None:
+                fold_onehot = F.one_hot(folds[start:stop] * c + codes[start:stop], n_folds * c).double().T
+            for j in range(0, n_heads, step):
+                x = _as_f64(features, raw, start, heads, j, step, what)
+                flat = x.reshape(x.shape[0], -1)
+                sums[:c, j : j + step] += (onehot @ flat).reshape(c, -1, d)
+                if fold_onehot is not None:
+                    sums[c:, j : j + step] += (fold_onehot @ flat).reshape(n_folds * c, -1, d)
+        class_sums = sums[:c]
+        got = torch.zeros(n_heads, dtype=torch.long)
+        centroids = class_sums / counts.double()[:, None, None]
+        ss = torch.einsum("cjd,cjd->cj", class_sums, class_sums)
+        for start in range(0, n, rows):
+            stop = min(start + rows, n)
+            if whole is None:
+                raw = None  # drop the previous block before reading the next
+                raw = _rows(features, start, stop, heads)
+            else:
+                raw = whole
+            y = codes[start:stop]
+            fb = folds[start:stop] if folds is not None else None
+            for j in range(0, n_heads, step):
+                x = _as_f64(features, raw, start, heads, j, step, what)
+                part = slice(j, j + step)
+                if mode == "in_sample":
+                    got[part] += (_winner(_cosines(x, centroids[:, part])) == y[:, None]).sum(0)
+                elif mode == "loo":
+                    got[part] += _loo_correct_block(x, y, class_sums[:, part], ss[:, part], counts)
+                else:
+                    assert fb is not None
+                    for f in torch.unique(fb).tolist():
+                        sel = torch.nonzero(fb == f).squeeze(1)
+                        fold_sums = sums[c + f * c : c + (f + 1) * c, part]
+                        cents = (class_sums[:, part] - fold_sums) / train_counts[f].double()[:, None, None]
+                        got[part] += (_winner(_cosines(x[sel], cents)) == y[sel, None]).sum(0)
+        correct.append(got)
+    return torch.cat(correct)
+
+
+def _loo_correct_block(x: Tensor, codes: Tensor, sums: Tensor, ss: Tensor, counts: Tensor) -> Tensor:
+    """Leave-one-out correct counts of a block (float64 ``example head d_head``) against class sums of all
+    examples (``class head d_head``, their squared norms ``class head``)."""
     # float64 throughout: the closed form compares the own-class similarity (from |S_y - x|^2 = |S_y|^2 - 2 x.S_y
     # + |x|^2) with the others'; with float32 dot products its rounding (~1e-7) can outweigh the real differences
-    # of a near-constant head and bias it towards its own class (a head at chance scored 0.975). Chunked over
-    # heads so the float64 copy stays small.
-    return torch.cat(
-        [
-            _correct_loo_f64(x[:, j : j + heads_per_chunk].double(), codes, n_classes)
-            for j in range(0, x.shape[1], heads_per_chunk)
-        ]
-    )
-
-
-def _correct_loo_f64(x: Tensor, codes: Tensor, n_classes: int) -> Tensor:
+    # of a near-constant head and bias it towards its own class (a head at chance scored 0.975).
     n, n_heads = x.shape[:2]
-    sums = _class_sums(x, codes, n_classes)
-    counts = torch.bincount(codes, minlength=n_classes).double()
-    g = torch.einsum("njd,cjd->njc", x, sums).double()  # x_i . S_c
-    q = torch.einsum("njd,njd->nj", x, x).double()  # |x_i|^2
-    ss = torch.einsum("cjd,cjd->cj", sums, sums).double()  # |S_c|^2
+    counts = counts.double()
+    g = torch.einsum("njd,cjd->njc", x, sums)  # x_i . S_c
+    q = torch.einsum("njd,njd->nj", x, x)  # |x_i|^2
     # other classes: centroid S_c / n_c
     sim = (g / counts) / (ss.sqrt() / counts[:, None]).clamp_min(EPS).T
     # own class without the example: (S_y - x_i) / (n_y - 1)
@@ -350,37 +470,7 @@ def _correct_loo_f64(x: Tensor, codes: Tensor, n_classes: int) -> Tensor:
     own = ((g_own - q) / m) / own_norm
     own = torch.where(m > 0, own, torch.full_like(own, -torch.inf))  # a lone example has no own centroid
     sim.scatter_(-1, idx, own[..., None])
-    # the own-class similarity comes from a different formula than the others', so their float64 rounding differs
-    # (~1e-16): similarities within LOO_TIE_TOL of the best count as tied, and a tie goes to the first class, as
-    # an exact tie does in a brute-force loop. Real class signal in float32 features is orders of magnitude larger.
-    best = sim.max(dim=-1, keepdim=True).values
-    winner = (sim >= best - LOO_TIE_TOL).to(torch.int8).argmax(dim=-1)
-    return (winner == codes[:, None]).sum(0)
-
-
-def _correct_kfold(
-    x: Tensor, codes: Tensor, classes: tuple[Hashable, ...], n_folds: int, seed: int, what: str
-) -> Tensor:
-    n_classes = len(classes)
-    folds = stratified_folds(codes, n_folds, seed)
-    sums = _class_sums(x, codes, n_classes)
-    counts = torch.bincount(codes, minlength=n_classes)
-    correct = torch.zeros(x.shape[1], dtype=torch.long)
-    for f in range(n_folds):
-        test = torch.nonzero(folds == f).squeeze(1)
-        if test.numel() == 0:
-            continue
-        x_test, y_test = x.index_select(0, test), codes[test]
-        train_counts = counts - torch.bincount(y_test, minlength=n_classes)
-        if (train_counts == 0).any():
-            c = classes[int(torch.nonzero(train_counts == 0)[0])]
-            raise LabelError(
-                f"{what}: class {c!r} is empty in the training split of fold {f} (it has "
-                f"{int(counts[classes.index(c)])} example(s)); use fewer folds, mode='loo' or more examples."
-            )
-        centroids = (sums - _class_sums(x_test, y_test, n_classes)) / train_counts.to(x.dtype)[:, None, None]
-        correct += (_nearest(x_test, centroids) == y_test[:, None]).sum(0)
-    return correct
+    return (_winner(sim) == codes[:, None]).sum(0)
 
 
 def _correct_reference(z: Tensor, codes: Tensor, n_classes: int, chunk_elems: int = 1 << 26) -> Tensor:
@@ -397,7 +487,7 @@ def _correct_reference(z: Tensor, codes: Tensor, n_classes: int, chunk_elems: in
 
 @register_scorer("centroid")
 def centroid_accuracy(
-    features: HeadFeatures,
+    features: "HeadFeatures | StoredFeatures",
     labels: Sequence[Hashable] | None = None,
     *,
     mode: str | None = None,
@@ -408,11 +498,19 @@ def centroid_accuracy(
     """Score every head by its nearest-class-centroid accuracy (cosine similarity), the SAV criterion.
 
     For head (l, h), each class centroid is the mean of ``z[:, l, h]`` over the class's examples; an example
-    is assigned the class of highest cosine similarity (eps 1e-8, first maximum in class order); the score
-    is the fraction assigned their own class (the reference's count is ``score * n_examples``).
+    is assigned the class of highest cosine similarity (eps 1e-8; similarities within ``LOO_TIE_TOL`` of the
+    highest count as tied, and a tie goes to the first class in class order); the score is the fraction assigned
+    their own class (the reference's count is ``score * n_examples``). Sums and similarities are float64 whatever
+    the features' dtype (half-precision stores are upcast block by block).
+
+    ``features`` may be :class:`~savlens.outofcore.StoredFeatures`: the store is then read in blocks of examples
+    and heads, two passes per group of heads (class sums, then similarities), with working memory within
+    :func:`savlens.outofcore.memory_bound`; in-memory features go through the same code in one block when they
+    fit, so both give the same scores.
 
     Args:
-        features: ``example layer head_index d_head`` head features (``blocks.*.attn.hook_z`` at ``last``).
+        features: ``example layer head_index d_head`` head features (``blocks.*.attn.hook_z`` at ``last``), in
+            memory or in a store (:func:`savlens.outofcore.open_shards`).
         labels: one label per example; None uses ``features.labels``.
         mode: ``"loo"`` (default): each example is scored against centroids without itself; a class
             with a single example then has no centroid for that example, which counts as wrong.
@@ -437,19 +535,20 @@ def centroid_accuracy(
     if reference and mode != "in_sample":
         raise ArgumentError(f"{what}: reference=True scores in sample, as the reference code; got mode={mode!r}.")
     enc = encode_labels(resolve_labels(features, labels, what), order="first" if reference else "sorted", what=what)
-    x = _flat(head_matrix(features, what))
     n, c = features.n_examples, enc.n_classes
+    if n == 0:
+        raise FeatureError(f"{what}: the features hold no examples.")
     params: dict[str, Any] = {"n_examples": n, "reference": reference}
     if reference:
+        if isinstance(features, StoredFeatures):
+            features = features.load()  # the reference computes in the features' dtype, on all of them at once
+        head_matrix(features, what)
         z = features.z if features.z.is_floating_point() else features.z.float()
         correct = _correct_reference(z, enc.codes, c).reshape(-1)
-    elif mode == "in_sample":
-        correct = _correct_in_sample(x, enc.codes, c)
-    elif mode == "loo":
-        correct = _correct_loo(x, enc.codes, c)
     else:
-        correct = _correct_kfold(x, enc.codes, enc.classes, n_folds, seed, what)
-        params.update(n_folds=n_folds, seed=seed)
+        correct = _centroid_correct(features, enc.codes, enc.classes, mode, n_folds, seed, what)
+        if mode == "kfold":
+            params.update(n_folds=n_folds, seed=seed)
     table = (correct.double() / n).reshape(features.n_layers, features.n_heads)
     return HeadScores(table, "centroid", mode, params, features.layers)
 
@@ -507,7 +606,7 @@ def _ridge_kfold_correct(a: Tensor, y: Tensor, codes: Tensor, folds: Tensor, alp
 
 @register_scorer("probe")
 def probe_accuracy(
-    features: HeadFeatures,
+    features: "HeadFeatures | StoredFeatures",
     labels: Sequence[Hashable] | None = None,
     *,
     mode: str = "loo",
@@ -537,6 +636,8 @@ def probe_accuracy(
         [[1.0, 0.0]]
     """
     what = "probe_accuracy"
+    if isinstance(features, StoredFeatures):  # not streamed: loaded when within the memory bound
+        features = features.load()
     if mode not in MODES:
         raise ArgumentError(f"{what}: mode must be one of {MODES}; got {mode!r}.")
     if not alpha > 0:
@@ -564,12 +665,13 @@ def probe_accuracy(
 
 @register_scorer("fisher")
 def fisher_ratio(
-    features: HeadFeatures, labels: Sequence[Hashable] | None = None, *, normalize: bool = True
+    features: "HeadFeatures | StoredFeatures", labels: Sequence[Hashable] | None = None, *, normalize: bool = True
 ) -> HeadScores:
     """Score every head by its Fisher ratio: between-class over within-class scatter.
 
     ``between = sum_c n_c |mu_c - mu|^2`` and ``within = sum_i |x_i - mu_{y_i}|^2`` (traces of the scatter
-    matrices), computed from class sums in one pass. A head with zero within-class scatter scores ``inf``
+    matrices), computed from class sums in one pass (float64; streamed in blocks for
+    :class:`~savlens.outofcore.StoredFeatures`). A head with zero within-class scatter scores ``inf``
     (``0`` if it has no between-class scatter either). In-sample by nature: it has no ``mode``.
 
     Args:
@@ -585,14 +687,28 @@ def fisher_ratio(
     """
     what = "fisher_ratio"
     enc = encode_labels(resolve_labels(features, labels, what), what=what)
-    x = _flat(head_matrix(features, what))
-    if normalize:
-        x = x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(EPS)
+    n, c, d = features.n_examples, enc.n_classes, features.d_head
+    if n == 0:
+        raise FeatureError(f"{what}: the features hold no examples.")
     counts = enc.counts.double()
-    sums = _class_sums(x, enc.codes, enc.n_classes)
+    sum_parts, sq_parts = [], []
+    for heads, rows, step in _groups(features, c * d * 8 * 2, d * 8 * 3 + 64):  # streamed: class sums, squares
+        sums = torch.zeros(c, heads.stop - heads.start, d, dtype=torch.float64)
+        sq = torch.zeros(heads.stop - heads.start, dtype=torch.float64)
+        for start in range(0, n, rows):
+            raw = None  # drop the previous block before reading the next
+            raw = _rows(features, start, min(start + rows, n), heads)
+            for j in range(0, heads.stop - heads.start, step):
+                x = _as_f64(features, raw, start, heads, j, step, what)
+                if normalize:
+                    x = x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(EPS)
+                sums[:, j : j + step] += _class_sums(x, enc.codes[start : start + x.shape[0]], c)
+                sq[j : j + step] += torch.einsum("njd,njd->j", x, x)
+        sum_parts.append(sums)
+        sq_parts.append(sq)
+    sums, total_sq = torch.cat(sum_parts, dim=1), torch.cat(sq_parts)
     total = sums.sum(0)
-    total_sq = torch.einsum("njd,njd->nj", x, x).double().sum(0)
-    class_sq = (torch.einsum("cjd,cjd->cj", sums, sums).double() / counts[:, None]).sum(0)
+    class_sq = (torch.einsum("cjd,cjd->cj", sums, sums) / counts[:, None]).sum(0)
     grand_sq = torch.einsum("jd,jd->j", total, total).double() / features.n_examples
     between = (class_sq - grand_sq).clamp_min(0)
     within = (total_sq - class_sq).clamp_min(0)

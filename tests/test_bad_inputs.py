@@ -160,8 +160,12 @@ def _store(env: Env, model: savlens.Model | None = None, name: str = "store") ->
 
 
 def _edit_manifest(store: Path, edit: Callable[[dict[str, Any]], None]) -> None:
+    """Edit a store's manifest with its shard records (``index.jsonl``) seen as ``manifest["shards"]``."""
     manifest = json.loads((store / "manifest.json").read_text())
+    index = store / "index.jsonl"
+    manifest["shards"] = [json.loads(line) for line in index.read_text().splitlines()]
     edit(manifest)
+    index.write_text("".join(json.dumps(s) + "\n" for s in manifest.pop("shards")))
     (store / "manifest.json").write_text(json.dumps(manifest))
 
 

@@ -11,7 +11,7 @@ import savlens
 import savlens.extraction as extract_mod
 from savlens.errors import HookNameError, InputError, StoreError
 from savlens.extraction import extract
-from savlens.store import open_store
+from savlens.store import open_store, read_index
 from savlens.testing.tiny import sample_images
 
 
@@ -70,7 +70,9 @@ def test_store_round_trip_is_memory_mapped(tmp_path: Path) -> None:
     stored = extract(model, exs, batch_size=4, store=tmp_path / "s", progress=False)
     assert torch.equal(stored.z, mem.z) and stored.example_ids == mem.example_ids and stored.labels == mem.labels
     manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
-    assert len(manifest["shards"]) == 3 and manifest["hook"] == "blocks.*.attn.hook_z"
+    assert manifest["hook"] == "blocks.*.attn.hook_z" and manifest["version"] == 2 and "shards" not in manifest
+    assert [r["n"] for r in read_index(tmp_path / "s" / "index.jsonl")] == [4, 4, 2]
+    assert not (tmp_path / "s" / "write.lock").exists()  # released when the extraction returned
     reopened = open_store(tmp_path / "s")
     assert torch.equal(reopened.z, mem.z) and reopened.example_ids == mem.example_ids
 
@@ -91,8 +93,8 @@ def test_interrupted_extraction_resumes_bit_identical(tmp_path: Path, monkeypatc
     monkeypatch.setattr(extract_mod, "_run_batch", flaky)
     with pytest.raises(KeyboardInterrupt):
         extract(model, exs, batch_size=3, store=tmp_path / "r", progress=False)
-    partial = json.loads((tmp_path / "r" / "manifest.json").read_text())
-    assert sum(len(s["ids"]) for s in partial["shards"]) == 6
+    assert sum(len(s["ids"]) for s in read_index(tmp_path / "r" / "index.jsonl")) == 6
+    assert not (tmp_path / "r" / "write.lock").exists()  # released when the run failed
     monkeypatch.setattr(extract_mod, "_run_batch", real)
     seen: list[int] = []
     monkeypatch.setattr(extract_mod, "_run_batch", lambda m, chunk, *a: seen.append(len(chunk)) or real(m, chunk, *a))

@@ -7,7 +7,6 @@ so each child starts in milliseconds; kill times are drawn from a seeded generat
 
 import contextlib
 import errno
-import json
 import multiprocessing as mp
 import os
 import random
@@ -25,6 +24,7 @@ import savlens
 import savlens.io as sio
 from savlens import SAV, HeadFeatures, extract, open_store
 from savlens.errors import StoreError
+from savlens.store import read_index
 
 KILL_TRIALS = 24  # kills that land while the child is still extracting (the issue asks for at least 20)
 SEED = 20241124
@@ -56,8 +56,8 @@ def reference(model: savlens.Model, tmp_path_factory: pytest.TempPathFactory) ->
 
 def _done(store: Path) -> int:
     try:
-        return sum(len(s["ids"]) for s in json.loads((store / "manifest.json").read_text())["shards"])
-    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return sum(len(s["ids"]) for s in read_index(store / "index.jsonl"))
+    except (FileNotFoundError, StoreError):
         return 0
 
 
@@ -80,8 +80,7 @@ def _run_child(ctx: Any, store: Path, delay: float | None) -> tuple[int | None, 
 
 
 def _check_store_equals(store: Path, reference: HeadFeatures) -> None:
-    manifest = json.loads((store / "manifest.json").read_text())
-    listed = [i for s in manifest["shards"] for i in s["ids"]]
+    listed = [i for s in read_index(store / "index.jsonl") for i in s["ids"]]
     assert len(listed) == len(set(listed)) == len(reference.example_ids or [])  # no duplicates, none lost
     reopened = open_store(store)  # every shard's hash checked
     assert reopened.example_ids == reference.example_ids
@@ -155,7 +154,7 @@ def _fail_writes(
 
     def fake_open(path: Any, mode: str = "r", *args: Any, **kw: Any) -> Any:
         fh = real_open(path, mode, *args, **kw)
-        return Half(fh) if "w" in mode and when(os.fspath(path)) else fh
+        return Half(fh) if ("w" in mode or "a" in mode) and when(os.fspath(path)) else fh
 
     def fake_save_file(tensors: Any, path: Any, metadata: Any = None) -> None:
         if not when(os.fspath(path)):
@@ -166,6 +165,7 @@ def _fail_writes(
         raise exc
 
     monkeypatch.setattr(sio, "open", fake_open, raising=False)
+    monkeypatch.setattr(savlens.store, "open", fake_open, raising=False)
     monkeypatch.setattr(sio, "save_file", fake_save_file)
 
 
@@ -186,7 +186,7 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
-@pytest.mark.parametrize("target", ["shard", "manifest"])
+@pytest.mark.parametrize("target", ["shard", "index"])
 def test_write_interrupted_mid_file_keeps_the_previous_store(
     target: str, model: savlens.Model, reference: HeadFeatures, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -199,7 +199,7 @@ def test_write_interrupted_mid_file_keeps_the_previous_store(
     before = _snapshot(store)
     done = open_store(store).example_ids
     assert done is not None and len(done) == 6
-    marker = ".shard-" if target == "shard" else ".manifest.json."
+    marker = ".shard-" if target == "shard" else "index.jsonl"  # a shard's temp file, or the index append
     _fail_writes(monkeypatch, lambda p: marker in p, _Crash())
     with pytest.raises(_Crash):  # the resumed run dies half-way through its first shard / manifest
         extract(model, exs, batch_size=2, store=store, progress=False)
@@ -230,6 +230,20 @@ def test_torn_files_never_load_as_valid(model: savlens.Model, tmp_path: Path) ->
                     open_store(store, verify=verify)
         (store / name).write_bytes(data)
     assert torch.equal(open_store(store).z, good.z)
+    data = (store / "index.jsonl").read_bytes()  # the index: a cut drops the torn record, never more
+    good_index = data
+    for cut in range(0, len(data), max(1, len(data) // 40)):
+        (store / "index.jsonl").write_bytes(data[:cut])
+        whole = data[:cut].count(b"\n")
+        if whole == 0:
+            with pytest.raises(StoreError, match="holds no examples yet"):
+                open_store(store)
+            continue
+        part = open_store(store)
+        want = [i for rec in read_index(store / "index.jsonl") for i in rec["ids"]]
+        assert len(want) == 3 * whole and part.example_ids == want
+        assert torch.equal(part.z, good.z[[(good.example_ids or []).index(i) for i in want]])
+    (store / "index.jsonl").write_bytes(good_index)
 
 
 def test_sav_save_interrupted_between_its_two_files_keeps_the_old_save(
