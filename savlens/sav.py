@@ -316,13 +316,19 @@ class SAV:
                 f"voting={voting_name(self.voting)!r}. Drop reference=True to use another voting rule."
             )
 
-    def _fit_voting(self, features: HeadFeatures, enc: EncodedLabels, scores: HeadScores | None, what: str) -> None:
+    def _fit_voting(
+        self, features: "HeadFeatures | StoredFeatures", enc: EncodedLabels, scores: HeadScores | None, what: str
+    ) -> None:
         """Learn the vote weights on the training shots (leave-one-out votes; see :mod:`savlens.voting`)."""
         k, n_classes = len(self.heads_), len(self.classes_)
         if voting_name(self.voting) == "majority" and not self.voting_params:
             self.vote_weights_: Float[Tensor, "k class"] = torch.ones(k, n_classes, dtype=torch.float64)
             return
-        x = gather_heads(features, self.heads_, what)
+        if isinstance(features, StoredFeatures):  # only the k selected heads, read block by block
+            parts = features.chunks(features.examples_per_chunk())
+            x = torch.cat([gather_heads(part, self.heads_, what) for part in parts])
+        else:
+            x = gather_heads(features, self.heads_, what)
         sim = loo_similarity(x, enc.codes, n_classes)
         head_scores = None
         if scores is not None:

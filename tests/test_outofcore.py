@@ -98,6 +98,16 @@ def test_sav_fit_and_predict_streamed_equal_in_memory(store: Path, monkeypatch: 
     assert max(sizes) <= BOUND // 2
 
 
+@pytest.mark.parametrize("voting", ["score", "reliability"])
+def test_weighted_voting_on_stored_features_equals_in_memory(store: Path, voting: str) -> None:
+    mem_feats = open_store(store)
+    mem = SAV(k=4, voting=voting).fit(mem_feats)
+    with bounded_memory(BOUND):
+        sav = SAV(k=4, voting=voting).fit(open_shards(store))
+    assert torch.equal(sav.vote_weights_, mem.vote_weights_)
+    assert sav.predict(mem_feats) == mem.predict(mem_feats)
+
+
 def test_loading_past_the_bound_is_refused_and_the_bound_is_restored(store: Path) -> None:
     before = memory_bound()
     with bounded_memory(BOUND), pytest.raises(FeatureError, match="more than the memory bound"):

@@ -104,7 +104,8 @@ def test_store_manifest_escapes_are_refused_before_reading(tmp_path: Path, monke
     extract(model, ["what is it ?", "hello"], store=store, progress=False)
     outside = tmp_path / "outside.safetensors"
     shutil.copy(store / "shard-00000.safetensors", outside)
-    manifest = json.loads((store / "manifest.json").read_text())
+    index = store / "index.jsonl"  # store format 2: one shard record per line
+    records = [json.loads(line) for line in index.read_text().splitlines()]
     opened: list[str] = []
     real_open = open
 
@@ -114,8 +115,8 @@ def test_store_manifest_escapes_are_refused_before_reading(tmp_path: Path, monke
 
     monkeypatch.setattr("builtins.open", spy)
     for name in ("../outside.safetensors", str(outside)):
-        manifest["shards"][0]["file"] = name
-        (store / "manifest.json").write_text(json.dumps(manifest))
+        records[0]["file"] = name
+        index.write_text("".join(json.dumps(r) + "\n" for r in records))
         with pytest.raises(StoreError, match="outside the store folder"):
             open_store(store)
     assert not [p for p in opened if "outside" in p]
