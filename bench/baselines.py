@@ -6,7 +6,7 @@
    (baukit ``TraceDict(retain_input=True, retain_output=True)`` style), one example per forward pass (batch
    size 1), and three passes over the training examples for a fit (class means, head scoring, means again).
 3. :func:`nnsight_full_sequence`: nnsight's plain ``trace`` saving every layer's output-projection input, whole
-   sequence (what the TINY_VLMS.md recipe does, without slicing inside the trace).
+   sequence (what a plain nnsight recipe does, without slicing inside the trace).
 
 Choices that favour the baselines (so that a savlens lead is not an artefact): every forward gets the same
 inputs savlens builds (``use_cache=False``, ``logits_to_keep=1`` where the model takes it, padding-aware

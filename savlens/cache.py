@@ -134,7 +134,7 @@ _LAYER_RE = re.compile(r"^blocks\.(\d+)\.")
 class HeadFeatures:
     """Per-head features of a data set: one vector per (example, layer, head) at a chosen position.
 
-    This is the SAV feature (DESIGN.md step 1): ``z[i, l, h]`` is the slice of the input of the attention
+    This is the SAV feature (step 1 of the method): ``z[i, l, h]`` is the slice of the input of the attention
     output projection of layer ``l`` that belongs to query head ``h``, at example ``i``'s chosen position
     (by default its last token).
 

@@ -1,6 +1,6 @@
 """`savlens.extract`: per-head features of a data set, one forward pass per example, batched.
 
-The SAV feature (DESIGN.md step 1): for every example, every layer and every query head, the head's slice of
+The SAV feature (step 1 of the method): for every example, every layer and every query head, the head's slice of
 the attention output projection's input at the example's last token. Examples are batched with padding
 (sorted by length so rows of a batch are alike, then put back in the given order), each batch's features are
 moved to CPU as soon as it ends, and the forward pass stops after the deepest layer read (unless the model's

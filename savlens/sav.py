@@ -1,6 +1,6 @@
 """The Sparse Attention Vector (SAV) classifier: select heads, keep class centroids, classify by head vote.
 
-Method (DESIGN.md): each head's class centroids are means of its ``blocks.{l}.attn.hook_z`` vectors at the
+Method (docs): each head's class centroids are means of its ``blocks.{l}.attn.hook_z`` vectors at the
 last position; heads are scored by a criterion (nearest-centroid accuracy by default), the ``k`` best kept,
 and a query is labelled by a majority vote of those heads, each voting for its nearest centroid (cosine).
 """

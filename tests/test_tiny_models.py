@@ -33,7 +33,7 @@ PROCESSOR_CLASS = {
     "qwen2_vl": Qwen2VLProcessor,
     "qwen2_5_vl": Qwen2_5_VLProcessor,
 }
-# image tokens per single image, by PIL size (width, height); measured, and as in shared/TINY_VLMS.md
+# image tokens per single image, by PIL size (width, height); measured on these tiny processors
 IMAGE_TOKENS = {
     "llava_onevision": {(64, 64): 88, (48, 100): 56, (32, 32): 36},
     "qwen2_vl": {(64, 64): 4, (48, 100): 8, (32, 32): 4},

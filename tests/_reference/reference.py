@@ -1,4 +1,4 @@
-"""Frozen re-implementation of the published SAV reference code's rules (shared/DESIGN.md).
+"""Frozen re-implementation of the published SAV reference code's rules (docs/reproducing-savs.md).
 
 Written from the design's description of the reference script, with plain loops, numpy and
 ``torch.nn.functional.cosine_similarity`` only. It imports nothing from savlens and must not be edited
