@@ -17,7 +17,7 @@ from savlens.positions import Positions, select_positions
 
 if TYPE_CHECKING:
     from savlens.inputs import Batch
-    from savlens.models.spec import Sizes
+    from savlens.models.spec import LayerSpec
 
 
 @dataclass
@@ -45,8 +45,9 @@ class Edit:
         return f"{self.label} of " + ", ".join(f"L{self.layer}H{h}" for h in self.heads)
 
 
-def apply_edits(x: Float[Tensor, "batch pos hd"], edits: Sequence[Edit], batch: "Batch", sizes: "Sizes") -> Tensor:
-    """Return a copy of the o_proj input ``x`` with ``edits`` applied (in order)."""
+def apply_edits(x: Float[Tensor, "batch pos hd"], edits: Sequence[Edit], batch: "Batch", sizes: "LayerSpec") -> Tensor:
+    """Return a copy of the o_proj input ``x`` with ``edits`` applied (in order); ``sizes``: the edited layer's
+    heads and widths."""
     out = x.clone()
     bsz, seq, _ = out.shape
     z = out.view(bsz, seq, sizes.n_heads, sizes.d_head)

@@ -18,8 +18,8 @@ from torch import Tensor, nn
 
 from savlens.errors import InputError, LoadError, ModelSpecError
 from savlens.example import Example
-from savlens.models import ModelSpec, ResolvedSpec, Sizes, get_path, resolve_spec, spec_for
-from savlens.models.registry import registered_spec_for
+from savlens.models import ModelSpec, ResolvedSpec, Sizes, get_path, resolve_spec
+from savlens.models.registry import spec_and_source
 
 
 class SpecReport(dict):  # type: ignore[type-arg]
@@ -361,14 +361,10 @@ class Model:
             out[k] = v
         return out
 
-    @property
+    @functools.cached_property
     def forward_params(self) -> set[str]:
         """Names of the HF model's forward arguments."""
-        cached = getattr(self, "_forward_params", None)
-        if cached is None:
-            cached = set(inspect.signature(self.hf.forward).parameters)
-            self._forward_params = cached
-        return cached
+        return set(inspect.signature(self.hf.forward).parameters)
 
     def image_token_mask(self, input_ids: Tensor) -> Tensor:
         """Return ``batch pos`` True at image tokens (all False for text LMs)."""
@@ -416,10 +412,8 @@ def _resolve(hf: nn.Module, spec: ModelSpec | None) -> ResolvedSpec:
     """Bind the user's spec, else a registered one, else one inferred from the model; validate it."""
     if spec is not None:
         return resolve_spec(spec, hf, source="user")
-    found = registered_spec_for(hf)
-    if found is not None:
-        return resolve_spec(found[0], hf, source=found[1])
-    return resolve_spec(spec_for(hf), hf, source="inferred")
+    found, source = spec_and_source(hf)
+    return resolve_spec(found, hf, source=source)
 
 
 def wrap(

@@ -437,7 +437,7 @@ def _execute(
     with torch.no_grad(), env.trace(**inputs) as tracer:
         # the body runs in a plain function: nnsight executes a with-block's own code against a dict scope
         # (every name a dict lookup, globals after a KeyError), which cost ~0.3 ms per trace on small models
-        _interleave(env, plan, batch, model.sizes, selections, raw, req_index, applied, model.resolved.layers)
+        _interleave(env, plan, batch, model.resolved.layers, selections, raw, req_index, applied)
         if stop_at_layer is not None:
             tracer.stop()
         elif logits_mode is not None:
@@ -465,19 +465,18 @@ def _interleave(
     env: Any,
     plan: list[_Read],
     batch: Batch,
-    sizes: Any,
+    layers: Sequence[Any],
     selections: dict[Any, Selection],
     raw: list[dict[str, Tensor]],
     req_index: dict[int, int],
     applied: list[Edit],
-    layers: Sequence[Any] = (),
 ) -> None:
     """Inside the trace: read each planned module access in execution order, apply edits, save slices."""
     for read in plan:
         module = _envoy_at(env, read.path)
         value = module.input if read.kind == "input" else module.output
         if read.edits:
-            value = apply_edits(value, read.edits, batch, layers[read.edits[0].layer] if layers else sizes)
+            value = apply_edits(value, read.edits, batch, layers[read.edits[0].layer])
             module.input = value
             applied.extend(read.edits)
         for name, req in read.saves:

@@ -190,8 +190,12 @@ def _inside(path: str, roots: list[str]) -> bool:
     return any(path == r or path.startswith(r + ".") for r in roots)
 
 
-def _find_blocks(model: nn.Module, n_layers: int, n_heads: int, vision: list[str], default_d_head: int) -> str:
-    candidates, seen = [], []
+def _find_blocks(
+    model: nn.Module, n_layers: int, n_heads: int, vision: list[str], default_d_head: int
+) -> tuple[str, tuple[LayerSpec, ...]]:
+    """The path of the decoder layer list and each layer's :class:`LayerSpec`."""
+    candidates: list[tuple[str, tuple[LayerSpec, ...]]] = []
+    seen: list[str] = []
     for name, mod in model.named_modules():
         if not isinstance(mod, nn.ModuleList) or not name or _inside(name, vision):
             continue
@@ -200,19 +204,21 @@ def _find_blocks(model: nn.Module, n_layers: int, n_heads: int, vision: list[str
             continue
         infos = [_layer_of(layer, n_heads, default_d_head) for layer in mod]
         if all(i is not None for i in infos) and any(i.kind == "attention" for i in infos):  # type: ignore[union-attr]
-            candidates.append(name)
+            candidates.append((name, tuple(infos)))  # type: ignore[arg-type]
     if not candidates:
         raise ModelSpecError(
             f"cannot infer the decoder layers of {type(model).__name__}: no ModuleList outside the vision tower "
             f"has num_hidden_layers={n_layers} layers that each hold an attention module ({'/'.join(ATTN_NAMES)}) "
             f"with q/k/v projections (or a fused {'/'.join(QKV_NAMES)}) and an output projection "
-            f"({'/'.join(O_NAMES)}); lists seen: {', '.join(seen) or 'none'}. Layers of other kinds (linear "
-            f"attention, convolution) are not inferred. {_REGISTER_HINT}"
+            f"({'/'.join(O_NAMES)}); lists seen: {', '.join(seen) or 'none'}. Other layers may be linear attention "
+            f"({'/'.join(LINEAR_NAMES)}), convolution ({'/'.join(CONV_NAMES)}) or cross-attention, but at least one "
+            f"must be softmax attention. {_REGISTER_HINT}"
         )
     if len(candidates) > 1:
         # nested wrappers expose the same list twice only under one name; distinct lists are ambiguous
         raise ModelSpecError(
-            f"cannot infer the decoder layers of {type(model).__name__}: several lists qualify ({candidates}). "
+            f"cannot infer the decoder layers of {type(model).__name__}: several lists qualify "
+            f"({[name for name, _ in candidates]}). "
             f"{_REGISTER_HINT}"
         )
     return candidates[0]
@@ -337,10 +343,8 @@ def infer_spec(model: nn.Module) -> ModelSpec:
     vision = _vision_roots(model)
     hidden = getattr(text_cfg, "hidden_size", 0)
     default_d_head = int(hidden) // n_heads if isinstance(hidden, int) else 0
-    blocks = _find_blocks(model, n_layers, n_heads, vision, default_d_head)
-    layer_list: Any = model.get_submodule(blocks)
-    infos = tuple(_layer_of(layer, n_heads, default_d_head) for layer in layer_list)
-    first = next(i for i in infos if i is not None and i.kind == "attention")
+    blocks, infos = _find_blocks(model, n_layers, n_heads, vision, default_d_head)
+    first = next(i for i in infos if i.kind == "attention")
     attn, q, k, v, o = first.mixer, first.q_proj, first.k_proj, first.v_proj, first.o_proj
     uniform = len(set(infos)) == 1
     layer0 = model.get_submodule(f"{blocks}.0")

@@ -51,14 +51,19 @@ def spec_for(model: nn.Module) -> ModelSpec:
         UnsupportedModelError: ``model`` is not an HF-style model (no ``config``) and no spec is registered.
         ModelSpecError: inference cannot find a role (the message names it).
     """
+    return spec_and_source(model)[0]
+
+
+def spec_and_source(model: nn.Module) -> tuple[ModelSpec, str]:
+    """:func:`spec_for`, with where the spec comes from: ``"user"``, ``"built-in"`` or ``"inferred"``."""
     found = registered_spec_for(model)
     if found is not None:
-        return found[0]
+        return found
     name = type(model).__name__
     if getattr(model, "config", None) is not None:
         from savlens.models.infer import infer_spec
 
-        return infer_spec(model)
+        return infer_spec(model), "inferred"
     known = sorted({c for s in _REGISTRY for c in s.classes})
     raise UnsupportedModelError(
         f"no savlens spec for {name}, and it has no HF .config to infer one from. Registered classes: "

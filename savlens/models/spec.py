@@ -279,8 +279,6 @@ def resolve_spec(spec: ModelSpec, model: nn.Module, *, source: str = "built-in")
     problems: list[str] = []
     if len(layers) != sizes.n_layers:
         problems.append(f"config says n_layers={sizes.n_layers} but {blocks} has {len(layers)} blocks")
-    if sizes.n_heads % sizes.n_kv_heads:
-        problems.append(f"n_heads={sizes.n_heads} is not a multiple of n_kv_heads={sizes.n_kv_heads}")
     infos = spec.layers or tuple(_uniform_layer(spec, sizes) for _ in range(len(layers)))
     if len(infos) != len(layers):
         problems.append(f"the spec describes {len(infos)} layers but {blocks} has {len(layers)}")
