@@ -11,7 +11,7 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 import savlens  # noqa: E402
-from savlens.testing.tiny import ALL_FAMILIES, FAMILIES, RECIPES, build_tiny, sample_images  # noqa: E402
+from savlens.testing.tiny import ALL_FAMILIES, FAMILIES, RECIPES, build_tiny  # noqa: E402
 
 VLM_FAMILIES = ("llava_onevision", "qwen2_vl", "qwen2_5_vl")
 
@@ -30,24 +30,10 @@ def recipe_of(model: savlens.Model):  # noqa: ANN201
 
 def mixed_examples(model: savlens.Model) -> list[savlens.Example]:
     """Three examples of different lengths; for VLMs two image sizes and a text-only row (where the family
-    accepts one in a batch with images; otherwise a third image row)."""
-    texts = [
-        "what color is the circle ?",
-        "is there a red shape in the picture and what else is there ?",
-        "hello",
-    ]
-    if model.multimodal:
-        rec = recipe_of(model)
-        imgs = sample_images(3, seed=1, sizes=rec.image_sizes)
-        last = savlens.Example(texts[2], id="c")
-        if not rec.text_only_rows:
-            last = savlens.Example(texts[2], images=[imgs[2]], id="c")
-        return [
-            savlens.Example(texts[0], images=[imgs[0]], id="a"),
-            savlens.Example(texts[1], images=[imgs[1]], id="b"),
-            last,
-        ]
-    return [savlens.Example(t, id=i) for t, i in zip(texts, "abc")]
+    accepts one in a batch with images; otherwise a third image row): the batch the coverage table measures."""
+    from savlens.testing.coverage import mixed_examples as coverage_examples
+
+    return coverage_examples(model, model.model_id.removeprefix("tiny-"))
 
 
 @pytest.fixture(params=ALL_FAMILIES)
