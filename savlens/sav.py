@@ -83,6 +83,12 @@ class Votes:
         """Return ``{"L14H3": label, ...}``: what each head voted for on example ``i``, in rank order."""
         return {str(h): self.classes[c] for h, c in zip(self.heads, self.votes[i].tolist())}
 
+    def _repr_html_(self) -> str:
+        """Render the votes in a notebook: each head's vote and similarities per example (:mod:`savlens.report`)."""
+        from savlens.report import votes_html
+
+        return votes_html(self, full=False)
+
 
 def template_hash(template: str | None) -> str | None:
     """Return the SHA-256 of a prompt template (None stays None)."""
@@ -237,6 +243,14 @@ class SAV:
         )
         fitted = f"; heads_=[{self.heads_}]" if self._fitted() else ""
         return f"SAV({shown}{fitted})"
+
+    def _repr_html_(self) -> str | None:
+        """Render a fitted SAV in a notebook: the head-score map, its heads (:func:`savlens.report.report_html`)."""
+        if not self._fitted():
+            return None
+        from savlens.report import report_html
+
+        return report_html(self, full=False)
 
     def _fitted(self) -> bool:
         return hasattr(self, "centroids_")
