@@ -361,6 +361,39 @@ def cmd_heads(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Run ``savlens report``: write the interactive HTML view of a saved SAV on DATA."""
+    from savlens.io import write_bytes
+    from savlens.report import render, report_data
+
+    sav = load_sav(args.sav)
+    examples = model = features = None
+    if is_store(need_path(args.data, "data")):
+        features = features_for_sav(args, sav, args.data)
+    else:
+        examples = read_examples(args, args.data)
+        model = require_model(args, args.data)
+    data = report_data(
+        sav,
+        examples,
+        model=model,
+        features=features,
+        attention=not args.no_attention,
+        max_examples=args.max_examples,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+        title=args.title,
+    )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes(out, render(data).encode("utf-8"))
+    summary = {k: data.get(k) for k in ("n_examples", "accuracy", "n_wrong", "attention")}
+    payload = {"out": str(out), "heads": [s["name"] for s in data["selected"]], **summary}
+    accuracy = "" if data["accuracy"] is None else f", accuracy {data['accuracy']:.3f} ({data['n_wrong']} wrong)"
+    emit(args, payload, f"wrote {out}: {len(data['selected'])} heads, {data['n_examples']} examples{accuracy}")
+    return EXIT_OK
+
+
 def split_features(feats: Any, shots: int, n_test: int | None, seed: int) -> tuple[Any, Any]:
     """Split labelled features into ``shots`` per class for training and a disjoint test set, as
     :func:`savlens.datasets.few_shot_split` splits examples (same seed, same draw)."""

@@ -11,6 +11,7 @@ from savlens.cli.commands import (
     cmd_fit,
     cmd_heads,
     cmd_predict,
+    cmd_report,
     cmd_study,
     cmd_transfer,
 )
@@ -276,6 +277,28 @@ def _heads(add: _Add) -> None:
     p.set_defaults(func=cmd_heads)
 
 
+def _report(add: _Add) -> None:
+    p = add(
+        "report",
+        "a saved SAV on examples -> one interactive HTML file",
+        "Write one self-contained HTML file (no server, no network; open it in any browser): the layer x head score "
+        "map with the selected heads marked; click a head to see, per example, its vote, its cosine similarity to "
+        "each class centroid and, with --model and images, its attention over the image; the examples the SAV gets "
+        "wrong come first. An examples file shows the text and images; a feature store shows the votes only. "
+        + _SAV_DATA,
+    )
+    _sav_argument(p)
+    _data_argument(p)
+    p.add_argument("--out", required=True, help="the HTML file to write")
+    p.add_argument("--max-examples", type=int, default=200, help="examples listed on the page, wrong ones first")
+    p.add_argument(
+        "--no-attention", action="store_true", help="skip the heads' attention over the images (one more pass)"
+    )
+    p.add_argument("--title", default=None, help="the page's title")
+    _data_options(p, prompts=False)
+    p.set_defaults(func=cmd_report)
+
+
 def _transfer(add: _Add) -> None:
     p = add(
         "transfer",
@@ -324,7 +347,7 @@ def _study(add: _Add) -> None:
 
 
 #: The subcommands, in the order ``savlens --help`` lists them.
-_COMMANDS = (_demo, _check, _extract, _fit, _predict, _eval, _heads, _transfer, _study)
+_COMMANDS = (_demo, _check, _extract, _fit, _predict, _eval, _heads, _report, _transfer, _study)
 
 
 def build_parser(prog: str = "savlens") -> argparse.ArgumentParser:

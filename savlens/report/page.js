@@ -115,6 +115,7 @@
         ov.appendChild(c);
       });
       frame.appendChild(ov);
+      frame.title = "this head's attention over the image tokens (colour: weight / its maximum); the pointer hides it";
     }
     box.appendChild(frame);
     if (share !== undefined) {
@@ -146,17 +147,19 @@
     verdict.appendChild(el("span", agrees === false ? "sr-bad" : agrees ? "sr-good" : null, "this head votes: " + cls(vote)));
     meta.appendChild(verdict);
     var table = el("table", "sr-sims");
+    var sims = ex.similarity[k].map(function (s) { return value(s) || 0; });
+    var sLo = Math.min.apply(null, sims), sHi = Math.max.apply(null, sims);
     ex.similarity[k].forEach(function (s, c) {
       var tr = el("tr", (c === vote ? "sr-voted" : "") + (c === ex.label_index ? " sr-truth" : ""));
       tr.appendChild(el("td", null, data.classes[c]));
       var td = el("td"), b = el("span", "sr-simbar");
-      b.style.width = Math.round(80 * Math.max(0, value(s) || 0)) + "px";
+      b.style.width = Math.round(6 + 74 * (sHi > sLo ? (sims[c] - sLo) / (sHi - sLo) : 1)) + "px";
       td.appendChild(b);
       tr.appendChild(td);
       tr.appendChild(el("td", null, fmt(s)));
       table.appendChild(tr);
     });
-    meta.appendChild(el("div", "sr-caption", "cosine similarity to each class centroid (pink: the vote; underlined: the label)"));
+    meta.appendChild(el("div", "sr-caption", "cosine similarity to each class centroid (bars span this example's lowest to highest; pink: the vote; underlined: the label)"));
     meta.appendChild(table);
     card.appendChild(meta);
     return card;
