@@ -17,7 +17,7 @@ import savlens
 from savlens import SAV, HeadFeatures
 from savlens.cli import main
 from savlens.errors import ArgumentError, FeatureError, NotFittedError
-from savlens.report import report_data, report_html, votes_html, wrong_first, write_report
+from savlens.report import report_data, report_html, votes_html, write_report, wrong_first
 from savlens.report._attention import _square_grids
 from savlens.testing.browser import find_chromium
 
@@ -132,7 +132,9 @@ def test_bad_inputs_are_named() -> None:
 # ---- the command line (tiny text model: fast) ------------------------------------------------------------
 
 
-def test_savlens_report_from_a_store_and_from_an_examples_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_savlens_report_from_a_store_and_from_an_examples_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     rows = []
     for i, shape in enumerate(["circle", "square", "triangle", "line", "dot", "shape"]):
         rows.append({"id": f"r{i}", "text": f"the {shape} is red", "label": "red"})
