@@ -114,6 +114,27 @@ def test_repr_html_in_notebooks() -> None:
     assert [e["votes"] for e in sorted(v["examples"], key=lambda e: e["index"])] == votes.votes.tolist()
     labelled = blob(votes_html(votes, feats.labels))
     assert labelled["accuracy"] == pytest.approx(sav.score(feats))
+    few = blob(votes_html(votes, feats.labels, max_examples=5))
+    assert len(few["examples"]) == 5 and few["accuracy"] == labelled["accuracy"] and "5 of 24" in few["notes"][1]
+
+
+def test_without_attention_the_page_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    from savlens.errors import HookNotAvailableError
+    from savlens.testing.tiny import sample_images
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise HookNotAvailableError("this model cannot switch to eager attention")
+
+    monkeypatch.setattr("savlens.report._data.head_image_attention", refuse)
+    feats, _ = toy(flip=())
+    sav = SAV(k=2).fit(feats)
+    examples = [savlens.Example(f"q{i}", images=sample_images(1, seed=i)) for i in range(24)]
+    with pytest.warns(UserWarning, match="cannot switch to eager"):
+        data = report_data(sav, examples, model=object(), features=feats)  # type: ignore[arg-type]
+    assert data["attention"] is False and any("cannot switch to eager" in n for n in data["notes"])
+    assert all(len(e["images"]) == 1 and e["grids"] == [] for e in data["examples"])
+    no_model = report_data(sav, examples, features=feats)["notes"]
+    assert no_model == ["no attention over the images: pass the model to compute it."]
 
 
 def test_bad_inputs_are_named() -> None:

@@ -56,10 +56,15 @@ def report_html(
 
 
 def votes_html(
-    votes: "Votes", labels: Sequence[Hashable] | None = None, *, title: str | None = None, full: bool = True
+    votes: "Votes",
+    labels: Sequence[Hashable] | None = None,
+    *,
+    max_examples: int = 200,
+    title: str | None = None,
+    full: bool = True,
 ) -> str:
     """Return the report page of a :class:`savlens.Votes` (with ``labels``, the wrong examples come first)."""
-    return render(votes_data(votes, labels, title=title), full=full)
+    return render(votes_data(votes, labels, max_examples=max_examples, title=title), full=full)
 
 
 def write_report(

@@ -3,10 +3,11 @@
 import base64
 import io
 import math
+import warnings
 from collections.abc import Hashable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from savlens.errors import ArgumentError, FeatureError, NotFittedError
+from savlens.errors import ArgumentError, FeatureError, NotFittedError, SavlensError
 from savlens.heads import HeadSet
 from savlens.report._attention import BATCH_OPTIONS, ImageAttention, head_image_attention
 
@@ -238,9 +239,13 @@ def report_data(
         opts = getattr(sav, "extract_options_", {})
         batch_options = {k: opts[k] for k in BATCH_OPTIONS if opts.get(k) is not None}
         query = opts.get("positions", "last")
-        image_attention = head_image_attention(
-            model, [examples[i] for i in shown], sav.heads_, query=query, batch_size=batch_size, **batch_options
-        )
+        try:
+            image_attention = head_image_attention(
+                model, [examples[i] for i in shown], sav.heads_, query=query, batch_size=batch_size, **batch_options
+            )
+        except SavlensError as e:  # e.g. a model that cannot switch to eager attention: the page says so
+            warnings.warn(f"savlens.report: no attention over the images ({e.detail})", stacklevel=2)
+            notes.append(f"no attention over the images: {e.detail}")
     elif attention and model is None and examples is not None and any(e.n_images for e in examples):
         notes.append("no attention over the images: pass the model to compute it.")
     return payload(
@@ -255,9 +260,12 @@ def report_data(
     )
 
 
-def votes_data(votes: "Votes", labels: Sequence[Hashable] | None = None, *, title: str | None = None) -> dict[str, Any]:
+def votes_data(
+    votes: "Votes", labels: Sequence[Hashable] | None = None, *, max_examples: int = 200, title: str | None = None
+) -> dict[str, Any]:
     """Return the report's data for a :class:`savlens.Votes` alone: its heads, and per example each head's vote
-    and similarities (no head scores, text or images: the votes do not hold them)."""
+    and similarities (no head scores, text or images: the votes do not hold them); the first ``max_examples``
+    examples in :func:`wrong_first` order."""
     from savlens.scoring import normalize_label
 
     n = int(votes.votes.shape[0])
@@ -269,6 +277,10 @@ def votes_data(votes: "Votes", labels: Sequence[Hashable] | None = None, *, titl
     correct = [None if truth is None or truth[i] is None else index.get(truth[i]) == winners[i] for i in range(n)]
     confidence = votes.shares.max(dim=-1).values.tolist()
     heads = votes.heads
+    shown = wrong_first(correct, confidence)[:max_examples]
+    notes = ["Votes hold no head scores: the map shows where the voting heads sit."]
+    if n > len(shown):
+        notes.append(f"{len(shown)} of {n} examples listed (wrong ones first); the accuracy counts all {n}.")
     return payload(
         heads=heads,
         classes=votes.classes,
@@ -276,7 +288,7 @@ def votes_data(votes: "Votes", labels: Sequence[Hashable] | None = None, *, titl
         n_heads=max(h.head for h in heads) + 1,
         votes=votes,
         labels=truth,
-        shown=wrong_first(correct, confidence),
+        shown=shown,
         title=title or f"votes of {len(heads)} heads on {n} examples",
-        notes=["Votes hold no head scores: the map shows where the voting heads sit."],
+        notes=notes,
     )
