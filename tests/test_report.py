@@ -270,6 +270,21 @@ def test_the_page_in_headless_chromium(vlm_report: dict[str, Any], tmp_path: Pat
         b.evaluate("window.scrollTo(0, 0)")
         png = b.screenshot()
         assert b.errors == [], b.errors
+        # notebook outputs: several fragments on one page, each drawing itself and answering its own clicks
+        feats, _ = toy(flip=())
+        small = SAV(k=2).fit(feats)
+        cells = [sav._repr_html_(), small._repr_html_(), small.votes(feats)._repr_html_()]
+        notebook = tmp_path / "notebook.html"
+        head = "<!DOCTYPE html><html><head><meta charset='utf-8'></head><body>"
+        notebook.write_text(head + "".join(c or "" for c in cells) + "</body></html>")
+        b.open(notebook.as_uri())
+        roots = "[...document.querySelectorAll('.savlens-report')].map(r => [r.id, r.dataset.head])"
+        drawn = b.evaluate(roots)
+        assert [d[1] for d in drawn] == [first, str(small.heads_[0]), str(small.heads_[0])] and b.errors == []
+        root_id = drawn[1][0]
+        b.click(f"#{root_id} .sr-cell[data-head='{small.heads_[1]}']")
+        assert [d[1] for d in b.evaluate(roots)] == [first, str(small.heads_[1]), str(small.heads_[0])]
+        assert b.errors == [], b.errors
     shot = tmp_path / "report.png"
     shot.write_bytes(png)
     image = Image.open(shot).convert("RGB")
