@@ -236,7 +236,8 @@ def run(a: argparse.Namespace) -> dict:
 
     import savlens
     from savlens.demo.run import answer_tokens
-    from savlens.zoo.tiny_vlm import PROJECTOR_FILES, file_sha256
+    from savlens.io import sha256_file
+    from savlens.zoo.tiny_vlm import PROJECTOR_FILES
 
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -253,7 +254,7 @@ def run(a: argparse.Namespace) -> dict:
         "models": {key: {"name": MODELS[key]} for key in a.models},
         "control": CONTROL,
         "projectors": {
-            k: {"file": PROJECTOR_FILES[k].name, "sha256": file_sha256(PROJECTOR_FILES[k])}
+            k: {"file": PROJECTOR_FILES[k].name, "sha256": sha256_file(PROJECTOR_FILES[k])}
             for k in ("trained", "heldout-color")
             if PROJECTOR_FILES[k].is_file()
         },

@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from text_features import TASKS, build_pool, extract_pool  # noqa: E402
 
 import savlens  # noqa: E402
+from savlens.io import savlens_cache_root  # noqa: E402
 from savlens.study import run_study  # noqa: E402
 from savlens.threads import limit_threads  # noqa: E402
-from savlens.zoo.smollm2 import savlens_cache_root  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMON = {"nested": True, "n_test": 40, "seeds": [0, 1, 2, 3, 4], "criteria": ["centroid"]}

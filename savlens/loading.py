@@ -20,6 +20,7 @@ from savlens.errors import InputError, LoadError, ModelSpecError
 from savlens.example import Example
 from savlens.models import ModelSpec, ResolvedSpec, Sizes, get_path, resolve_spec
 from savlens.models.registry import spec_and_source
+from savlens.positions import mask_positions
 
 
 class SpecReport(dict):  # type: ignore[type-arg]
@@ -374,7 +375,6 @@ class Model:
 
     def add_position_inputs(self, enc: dict[str, Any], *, has_images: bool) -> None:
         """Add padding-aware ``position_ids`` where the family does not build them itself."""
-        from savlens.inputs import mask_positions
 
         rule = self.resolved.spec.positions
         if rule == "mask_cumsum" or (rule == "mrope" and not has_images):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from savlens.errors import HookNameError, HookNotAvailableError
 
-#: The dim words used in every annotation and einops pattern.
+#: The dim words used in every annotation and einops pattern (docs/hooks.md's table is :func:`dims_markdown`).
 DIM_GLOSSARY: dict[str, str] = {
     "batch": "rows of one forward pass",
     "example": "examples of a data set (dataset-level features)",
@@ -143,34 +143,7 @@ QUERY_HEAD_HOOKS = tuple(
     and h.dims[-2:-1] == ("head_index",)
     and h.template.rsplit(".", 1)[-1] in ("hook_z", "hook_result", "hook_q")
 )
-#: Execution order of the hooks inside one layer (the order nnsight must read them in).
-ORDER = {h.template: i for i, h in enumerate(HOOKS)}
-
 _NAME_RE = re.compile(r"^blocks\.(\d+)\.(.+)$")
-
-
-def head_label(layer: int, head: int) -> str:
-    """Return the ``L{layer}H{head}`` label of a head.
-
-    >>> head_label(14, 3)
-    'L14H3'
-    """
-    return f"L{layer}H{head}"
-
-
-_LABEL_RE = re.compile(r"^\s*L(\d+)\s*H(\d+)\s*$")
-
-
-def parse_head_label(label: str) -> tuple[int, int]:
-    """Return ``(layer, head)`` from an ``L{layer}H{head}`` label.
-
-    >>> parse_head_label("L14H3")
-    (14, 3)
-    """
-    m = _LABEL_RE.match(label)
-    if not m:
-        raise HookNameError(f"{label!r} is not a head label; write heads as 'L{{layer}}H{{head}}', e.g. 'L14H3'.")
-    return int(m.group(1)), int(m.group(2))
 
 
 def hook_point(name: str) -> HookPoint:
@@ -389,5 +362,10 @@ def hooks_markdown() -> str:
     return "\n".join(rows)
 
 
-if __name__ == "__main__":  # regenerate the table of docs/hooks.md
-    print(hooks_markdown())
+def dims_markdown() -> str:
+    """Return the dim words (:data:`DIM_GLOSSARY`) as a markdown table (docs/hooks.md's "Dim words")."""
+    return "\n".join(["| dim | meaning |", "|---|---|", *(f"| `{d}` | {m} |" for d, m in DIM_GLOSSARY.items())])
+
+
+if __name__ == "__main__":  # regenerate the tables of docs/hooks.md
+    print(hooks_markdown(), dims_markdown(), sep="\n\n")

@@ -119,3 +119,24 @@ def take_positions(x: Tensor, sel: Selection, dim: int = 1) -> Tensor:
             out = out * sel.mask.to(x.device)[:, :, None, None].to(out.dtype)
         return out.permute(0, 2, 1, 3)
     raise ValueError(f"take_positions: dim must be 1 or 2, got {dim}")
+
+
+def last_real_index(mask: Int[Tensor, "batch pos"]) -> Int[Tensor, " batch"]:
+    """Return the sequence index of each row's last non-pad token (left or right padding).
+
+    >>> import torch
+    >>> last_real_index(torch.tensor([[0, 1, 1], [1, 1, 0]])).tolist()
+    [2, 1]
+    """
+    seq = mask.shape[-1]
+    return seq - 1 - mask.flip(-1).long().argmax(-1)
+
+
+def mask_positions(mask: Int[Tensor, "batch pos"]) -> Int[Tensor, "batch pos"]:
+    """Return padding-aware position ids: ``cumsum(mask) - 1``, 0 at pad slots.
+
+    >>> import torch
+    >>> mask_positions(torch.tensor([[0, 1, 1], [1, 1, 0]])).tolist()
+    [[0, 0, 1], [0, 1, 0]]
+    """
+    return (mask.long().cumsum(-1) - 1).clamp(min=0).masked_fill(mask == 0, 0)

@@ -25,8 +25,17 @@ from savlens.errors import (
     TraceStateError,
 )
 from savlens.inputs import Batch
-from savlens.interventions import Edit, apply_edits, as_features, by_layer, head_values, layer_row, row_values
+from savlens.interventions import (
+    Edit,
+    apply_edits,
+    by_layer,
+    head_values,
+    layer_row,
+    require_head_features,
+    row_values,
+)
 from savlens.loading import Model
+from savlens.models import get_path
 from savlens.names import QUERY_HEAD_HOOKS, hook_point, resolve, split_name
 from savlens.positions import Positions, Selection, select_positions, take_positions
 
@@ -227,7 +236,7 @@ class Trace:
 
     def resample(self, heads: Any, source: Any, *, seed: int = 0, positions: Positions = "last") -> None:
         """Resample-ablate ``heads``: patch in the values of randomly drawn examples of ``source``."""
-        feats = as_features(source)
+        feats = require_head_features(source)
         gen = torch.Generator().manual_seed(seed)
         rows = torch.randint(0, feats.n_examples, (self.batch.size,), generator=gen)  # with replacement
         for layer, hs in by_layer(heads, self.model):
@@ -395,13 +404,6 @@ def _plan(model: Model, requests: list[_Request], edits: "Sequence[Edit]" = ()) 
     return sorted(reads.values(), key=lambda r: r.order)
 
 
-def _envoy_at(env: Any, path: str) -> Any:
-    obj = env
-    for seg in path.split("."):
-        obj = obj[int(seg)] if seg.isdigit() else getattr(obj, seg)
-    return obj
-
-
 def _first(x: Any) -> Tensor:
     if isinstance(x, Tensor):
         return x
@@ -473,7 +475,7 @@ def _interleave(
 ) -> None:
     """Inside the trace: read each planned module access in execution order, apply edits, save slices."""
     for read in plan:
-        module = _envoy_at(env, read.path)
+        module = get_path(env, read.path)
         value = module.input if read.kind == "input" else module.output
         if read.edits:
             value = apply_edits(value, read.edits, batch, layers[read.edits[0].layer])

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import savlens
-from savlens.cli import classification_report, main
+from savlens.cli import main
+from savlens.stats import classification_report
 
 TINY = "tiny:llama"
 
@@ -433,14 +434,17 @@ def test_demo_on_a_vlm_whose_tower_tiles_images_says_why_it_has_no_image_only_ro
     assert not any(m.startswith("control:") for m in rows)  # no control model is known for a tiny random model
 
 
-def test_entry_points(capsys: pytest.CaptureFixture[str]) -> None:
+def test_entry_points(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """`python -m savlens.demo` is `savlens demo` (`--check`: `savlens check`); the installed script exits 2."""
-    from savlens import demo
+    monkeypatch.setenv("COLUMNS", "400")  # no line breaks inside a task name in the help text
+    from savlens.demo import TASKS
+    from savlens.demo.__main__ import main as demo_main
 
-    assert demo.main(["--help"]) == 0
+    assert demo_main(["--help"]) == 0
     out = capsys.readouterr().out
     assert "usage: python -m savlens.demo" in out and "--shots" in out
-    assert demo.main(["--check", "--families", "llama", "--repeats", "1", "--json"]) == 0
+    assert all(task in out for task in TASKS)  # the --task help names every demo task
+    assert demo_main(["--check", "--families", "llama", "--repeats", "1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["families"][0]["logits_equal"] is True
     script = Path(sys.executable).parent / "savlens"
     argv = [str(script)] if script.exists() else [sys.executable, "-m", "savlens.cli"]

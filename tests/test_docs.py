@@ -4,13 +4,19 @@ from pathlib import Path
 
 import savlens
 import savlens.errors as E
-from savlens.names import hooks_markdown
+from savlens.names import DIM_GLOSSARY, HOOKS, dims_markdown, hooks_markdown
 
 DOCS = Path(__file__).parent.parent / "docs"
 
 
 def test_hook_table_is_generated_from_the_registry() -> None:
     assert hooks_markdown() in (DOCS / "hooks.md").read_text()
+
+
+def test_dim_table_is_generated_and_names_every_dim_a_hook_uses() -> None:
+    assert dims_markdown() in (DOCS / "hooks.md").read_text()
+    used = {d for h in HOOKS for d in h.dims}
+    assert used <= set(DIM_GLOSSARY), sorted(used - set(DIM_GLOSSARY))
 
 
 def test_every_error_class_has_a_page_linked_from_its_message() -> None:

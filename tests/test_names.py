@@ -3,7 +3,8 @@
 import pytest
 
 from savlens.errors import HookNameError, HookNotAvailableError
-from savlens.names import HOOKS, all_names, head_label, hooks_markdown, match_saved, parse_head_label, resolve
+from savlens.heads import Head
+from savlens.names import HOOKS, all_names, hooks_markdown, match_saved, resolve
 
 
 def test_star_matches_one_segment_only() -> None:
@@ -66,10 +67,10 @@ def test_vision_hook_on_text_model_is_explained() -> None:
 
 
 def test_head_labels_round_trip() -> None:
-    assert head_label(14, 3) == "L14H3"
-    assert parse_head_label(" L14H3 ") == (14, 3)
-    with pytest.raises(HookNameError, match="not a head label"):
-        parse_head_label("14.3")
+    assert str(Head(14, 3)) == "L14H3"
+    assert Head.parse(" L14H3 ") == Head(14, 3)
+    with pytest.raises(HookNameError, match="cannot read a head"):
+        Head.parse("14.3")
 
 
 def test_markdown_table_lists_every_hook() -> None:

@@ -13,6 +13,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from savlens.errors import LoadError  # noqa: E402
+from savlens.io import savlens_cache_root  # noqa: E402
 from savlens.zoo import smollm2  # noqa: E402
 
 
@@ -150,11 +151,11 @@ def test_hash_is_remembered_by_size_and_mtime(tmp_path: Any) -> None:
 
 def test_cache_root_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
     monkeypatch.setenv("SAVLENS_CACHE", str(tmp_path / "c"))
-    assert smollm2.savlens_cache_root() == tmp_path / "c"
-    assert smollm2.savlens_cache_root(tmp_path / "x") == tmp_path / "x"
+    assert savlens_cache_root() == tmp_path / "c"
+    assert savlens_cache_root(tmp_path / "x") == tmp_path / "x"
     monkeypatch.delenv("SAVLENS_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert smollm2.savlens_cache_root() == tmp_path / "xdg" / "savlens"
+    assert savlens_cache_root() == tmp_path / "xdg" / "savlens"
 
 
 def test_missing_wheel_names_pip_command(monkeypatch: pytest.MonkeyPatch) -> None:

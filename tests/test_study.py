@@ -273,7 +273,7 @@ def test_summary_export_and_figures(tmp_path: Path) -> None:
     values = [r.accuracy for r in table.select(kind="sav", target="a", shots=4, k=2).rows]
     assert len(s) == 1 and s[0]["n"] == 3
     assert s[0]["mean"] == pytest.approx(np.mean(values)) and s[0]["sd"] == pytest.approx(np.std(values, ddof=1))
-    half = 4.3027 * np.std(values, ddof=1) / np.sqrt(3)
+    half = 4.302652729911275 * np.std(values, ddof=1) / np.sqrt(3)  # t_{0.975, 2}
     assert (s[0]["ci_low"], s[0]["ci_high"]) == pytest.approx((np.mean(values) - half, np.mean(values) + half))
 
     table.to_csv(tmp_path / "t.csv")

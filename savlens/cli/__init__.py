@@ -28,7 +28,6 @@ from savlens.cli._common import (
     read_features,
 )
 from savlens.cli.commands import (
-    classification_report,
     cmd_check,
     cmd_demo,
     cmd_eval,
@@ -87,7 +86,6 @@ __all__ = [
     "TINY_PREFIX",
     "UsageError",
     "build_parser",
-    "classification_report",
     "cmd_check",
     "cmd_demo",
     "cmd_eval",

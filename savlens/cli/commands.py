@@ -26,12 +26,15 @@ from savlens.cli._common import (
     store_options,
 )
 from savlens.errors import LabelError
+from savlens.stats import classification_report
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run ``savlens demo``: few-shot head selection and voting on a model, against its baselines."""
     from savlens import demo
 
+    if args.model is None:  # the parser does not import the demo (an entry point imports libraries, not back)
+        args.model = demo.DEFAULT_MODEL
     t0 = time.perf_counter()
     model = load_model(args.model, dtype=args.dtype, attn=args.attn, device=args.device)
     load_s = time.perf_counter() - t0
@@ -239,42 +242,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
         lines.append(f"written to {args.out}")
     emit(args, payload, "\n".join(lines))
     return EXIT_OK
-
-
-def classification_report(
-    truth: Sequence[Hashable], predicted: Sequence[Hashable], classes: Sequence[Hashable]
-) -> dict[str, Any]:
-    """Return accuracy, per-class precision / recall / F1 / support and the confusion matrix (rows: true).
-
-    Labels outside ``classes`` (a class the SAV never saw) get their own rows; they are always wrong.
-
-    Example:
-        >>> r = classification_report(["a", "a", "b"], ["a", "b", "b"], ["a", "b"])
-        >>> r["accuracy"], r["per_class"]["b"]["precision"], r["confusion"]
-        (0.6666666666666666, 0.5, [[1, 1], [0, 1]])
-    """
-    labels = list(classes) + sorted({t for t in truth if t not in classes}, key=str)
-    index = {c: i for i, c in enumerate(labels)}
-    conf = [[0] * len(labels) for _ in labels]
-    for t, p in zip(truth, predicted):
-        conf[index[t]][index[p]] += 1
-    per_class = {}
-    for c, i in index.items():
-        tp = conf[i][i]
-        pred_n = sum(row[i] for row in conf)
-        true_n = sum(conf[i])
-        precision = tp / pred_n if pred_n else 0.0
-        recall = tp / true_n if true_n else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_class[str(c)] = {"precision": precision, "recall": recall, "f1": f1, "support": true_n}
-    correct = sum(conf[i][i] for i in range(len(labels)))
-    return {
-        "accuracy": correct / max(1, len(truth)),
-        "n_examples": len(truth),
-        "classes": [str(c) for c in labels],
-        "per_class": per_class,
-        "confusion": conf,
-    }
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

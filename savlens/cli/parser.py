@@ -15,8 +15,6 @@ from savlens.cli.commands import (
     cmd_study,
     cmd_transfer,
 )
-from savlens.demo import DEFAULT_MODEL as DEFAULT_DEMO_MODEL
-from savlens.demo import TASKS as DEMO_TASKS
 
 #: ``add(name, help, description)``: a new subcommand parser.
 _Add = Callable[[str, str, str], argparse.ArgumentParser]
@@ -144,12 +142,12 @@ def _demo(add: _Add) -> None:
         "alone, with a figure of the best head's attention over the image. A text model (--model smollm2-135m) "
         "gets five fortunes topics, 40 test examples per class.",
     )
-    _model_options(p, default=DEFAULT_DEMO_MODEL)
+    _model_options(p, default=None)
     p.add_argument(
         "--task",
-        choices=list(DEMO_TASKS),
         default=None,
-        help="the task (default: easy-vqa-color for VLMs, fortunes for text models)",
+        help="the task: easy-vqa-color, easy-vqa-shape, easy-vqa-yes-no or fortunes (default: easy-vqa-color for "
+        "VLMs, fortunes for text models)",
     )
     p.add_argument("--no-control", action="store_true", help="skip the control model (tiny-vlm: tiny-vlm-random)")
     p.add_argument(

@@ -51,7 +51,6 @@ from savlens.demo.run import (
     image_features,
     paired_lines,
     run_demo,
-    wilson_interval,
     zero_shot,
     zero_shot_rows,
 )
@@ -68,20 +67,6 @@ from savlens.demo.tasks import (
 )
 from savlens.demo.tasks import FORTUNES_DEMO_PROMPT as FORTUNES_DEMO_PROMPT
 from savlens.demo.tasks import choices_text as choices_text
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m savlens.demo [options]``: ``savlens demo [options]``; with ``--check``: ``savlens check``."""
-    import sys
-
-    from savlens.cli import main as cli_main
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    if "--check" in args:
-        args.remove("--check")
-        return cli_main(["check", *args], prog="python -m savlens.demo --check")
-    return cli_main(["demo", *args], prog="python -m savlens.demo")
-
 
 __all__ = [
     "CONTROLS",
@@ -101,7 +86,6 @@ __all__ = [
     "paired_lines",
     "run_demo",
     "task_for",
-    "wilson_interval",
     "zero_shot",
     "zero_shot_rows",
 ]

@@ -2,7 +2,6 @@
 other classifiers on the same features, a control model, image-only features and chance."""
 
 import json
-import math
 import sys
 import time
 from collections.abc import Hashable, Sequence
@@ -21,6 +20,7 @@ from savlens.example import Example
 from savlens.inputs import Batch
 from savlens.loading import Model
 from savlens.sav import SAV
+from savlens.stats import wilson_interval
 from savlens.tracing import trace
 
 # ---- the forward passes -------------------------------------------------------------------------------
@@ -132,20 +132,6 @@ def accuracy(predicted: Sequence[Any], truth: Sequence[Any]) -> float:
     return sum(p == t for p, t in zip(predicted, truth)) / max(1, len(truth))
 
 
-def wilson_interval(acc: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Return the Wilson score interval (95% by default) of an accuracy measured on ``n`` examples.
-
-    >>> [round(v, 3) for v in wilson_interval(0.5, 100)]
-    [0.404, 0.596]
-    """
-    if n == 0:
-        return (0.0, 1.0)
-    denom = 1 + z * z / n
-    centre = (acc + z * z / (2 * n)) / denom
-    half = z * math.sqrt(acc * (1 - acc) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
 # ---- the demo -----------------------------------------------------------------------------------------
 
 
@@ -182,7 +168,7 @@ class DemoResult:
 
 
 def _row(method: str, acc: float | None, n: int, note: str = "") -> dict[str, Any]:
-    interval = None if acc is None else list(wilson_interval(acc, n))
+    interval = None if acc is None else list(wilson_interval(round(acc * n), n))
     return {"method": method, "accuracy": acc, "interval": interval, "note": note}
 
 

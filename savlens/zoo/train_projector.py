@@ -11,8 +11,9 @@ Only the projector (1.07M parameters) is trained; EfficientNet-Lite0 and SmolLM2
   token): their KV cache is computed once and shared by every row of every step, and logits are computed at
   the answer positions only.
 - Seeded and reproducible on CPU with one thread (data order from a seeded ``torch.Generator``, the projector
-  init from ``torch.manual_seed``); bf16 autocast by default (2x faster than fp32 on CPU; the saved weights
-  are evaluated in fp32).
+  init from ``torch.manual_seed``); bf16 autocast by default (the saved weights are evaluated in fp32). On
+  torch builds where a bf16 step is slower than fp32 on the CPU (torch 2.14.1's CUDA build: ~20x), train
+  with ``bf16=False``.
 - The last ``val_images`` train images (and their questions) are held out for validation; the test split is
   never used for training or model selection.
 """
@@ -25,7 +26,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +39,9 @@ from torch import Tensor
 from transformers import DynamicCache
 
 from savlens.datasets.easyvqa import EASY_VQA_COLORS, EASY_VQA_SHAPES, EASY_VQA_TASKS, easy_vqa_dir, easy_vqa_task
+from savlens.io import savlens_cache_root, sha256_file
 from savlens.zoo.efficientnet import efficientnet_lite0_path
-from savlens.zoo.smollm2 import savlens_cache_root
-from savlens.zoo.tiny_vlm import TinyVLM, TinyVLMProcessor, TinyVLMProjector, file_sha256
+from savlens.zoo.tiny_vlm import TinyVLM, TinyVLMProcessor, TinyVLMProjector
 
 __all__ = [
     "PromptCodec",
@@ -150,7 +151,7 @@ def cached_image_features(
     """Return the features of every image of an easy-VQA split, computed once and cached as safetensors."""
     _, paths = load_vqa_items(split)
     cfg = model.config
-    key = f"{file_sha256(efficientnet_lite0_path())[:12]}-{cfg.image_size}px-{cfg.image_grid}x{cfg.image_grid}"
+    key = f"{sha256_file(efficientnet_lite0_path())[:12]}-{cfg.image_size}px-{cfg.image_grid}x{cfg.image_grid}"
     path = savlens_cache_root(cache_dir) / "tiny_vlm" / f"easy-vqa-{split}-{key}.safetensors"
     if path.is_file():
         feats = load_file(str(path))["features"]
@@ -439,7 +440,7 @@ def save_projector(projector: TinyVLMProjector, path: str | os.PathLike[str], re
     os.close(fd)
     try:
         save_file(state, tmp, metadata={"format": "pt", "model": "savlens tiny-vlm projector"})
-        sha = file_sha256(tmp)
+        sha = sha256_file(tmp)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
@@ -455,15 +456,6 @@ def save_projector(projector: TinyVLMProjector, path: str | os.PathLike[str], re
     return sha
 
 
-def config_record(config: TrainConfig) -> dict[str, Any]:
-    """Return the config as a JSON-ready dict."""
-    return asdict(config)
-
-
-# ---- evaluation ----------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
 def evaluate_generative(
     model: TinyVLM,
     processor: TinyVLMProcessor,
