@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import savlens
-from savlens.tracing import _envoy_at, _model_inputs
+from savlens.models import get_path
+from savlens.tracing import _model_inputs
 
 
 def model_inputs(model: savlens.Model, batch: savlens.Batch) -> dict[str, Any]:
@@ -138,7 +139,7 @@ def nnsight_full_sequence(model: savlens.Model, inputs: dict[str, Any]) -> list[
     zs: list[Tensor] = []
     with torch.no_grad(), env.trace(**inputs):
         for path in paths:
-            zs.append(_envoy_at(env, path).input.save())
+            zs.append(get_path(env, path).input.save())
     return zs
 
 
@@ -158,6 +159,6 @@ def nnsight_last_token(model: savlens.Model, inputs: dict[str, Any], last: Tenso
     zs: list[Tensor] = []
     with torch.no_grad(), env.trace(**inputs) as tracer:
         for path in paths:
-            zs.append(_envoy_at(env, path).input[rows, last].save())
+            zs.append(get_path(env, path).input[rows, last].save())
         tracer.stop()
     return zs
