@@ -24,6 +24,7 @@ Use :func:`attention_patterns` (chosen heads), or ``blocks.{l}.attn.hook_pattern
 the layer, at the saved positions).
 """
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -136,11 +137,15 @@ class PatternCapture:
         from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
         # an entry on the shared instance (a local override) wins over the class-wide mapping; wrap both
-        for mapping in (ALL_ATTENTION_FUNCTIONS._local_mapping, AttentionInterface._global_mapping):
+        mappings: tuple[dict[str, Any], ...] = (
+            ALL_ATTENTION_FUNCTIONS._local_mapping,
+            AttentionInterface._global_mapping,
+        )
+        for mapping in mappings:
             if impl in mapping:
                 original = mapping[impl]
                 mapping[impl] = self._wrapper(original)
-                self._undo.append(lambda m=mapping, f=original: m.__setitem__(impl, f))
+                self._undo.append(functools.partial(mapping.__setitem__, impl, original))
         if not self._undo:
             raise HookNotAvailableError(
                 f"attention implementation {impl!r} is not registered in transformers' AttentionInterface, so "

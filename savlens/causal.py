@@ -358,5 +358,9 @@ def attention_shares(
         if return_patterns:
             kept.extend(per_head[r, :, batch.attention_mask[r].bool()] for r in range(batch.size))
     return AttentionShares(
-        hs, *(torch.cat(out[n]) for n in ("image", "text", "system")), patterns=kept if return_patterns else None
+        hs,
+        image=torch.cat(out["image"]),
+        text=torch.cat(out["text"]),
+        system=torch.cat(out["system"]),
+        patterns=kept if return_patterns else None,
     )

@@ -510,6 +510,7 @@ def _interleave(
             applied.extend(read.edits)
         for name, req in read.saves:
             _, template = split_name(name)
+            x: Any  # an nnsight proxy inside the trace
             if template in _QKV_PART:
                 x = _qkv_part(value, template, layers[split_name(name)[0] or 0])
             elif read.kind == "output" or template in ("hook_embed", "blocks.{l}.hook_resid_pre"):

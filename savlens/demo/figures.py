@@ -84,7 +84,7 @@ def write_figures(
 
     With a vision-language ``model``, also where the selected heads look (``attention_shares.png``; their mean
     shares go into ``extra["attention_shares"]``) and the attention over the image of the head that looks at it
-    most (``attention.png``); eager attention for those passes only.
+    most (``attention.png``), under the model's own attention backend.
     """
     from savlens import plot
     from savlens.transfer import TaskSplit, transfer_matrix
