@@ -182,18 +182,29 @@ class PatternCapture:
         if target.layer in self.patterns:
             self._problems.append(f"{where}: the attention module ran twice in one forward pass.")
             return
+        if int(self.selection.index.max()) >= query.shape[2] or key.shape[2] != query.shape[2]:
+            self._problems.append(
+                f"{where}: its queries / keys cover {query.shape[2]} / {key.shape[2]} positions, not the batch's "
+                "sequence; savlens reads patterns of a full forward pass over the batch (no KV cache)."
+            )
+            return
         causal = kwargs.get("is_causal")
-        probs = pattern_rows(
-            query,
-            key,
-            mask,
-            self.selection,
-            heads=target.heads,
-            scaling=kwargs.get("scaling"),
-            softcap=kwargs.get("softcap"),
-            sliding_window=kwargs.get("sliding_window"),
-            is_causal=bool(causal if causal is not None else getattr(module, "is_causal", True)),
-        )
+        try:
+            with torch.no_grad():
+                probs = pattern_rows(
+                    query,
+                    key,
+                    mask,
+                    self.selection,
+                    heads=target.heads,
+                    scaling=kwargs.get("scaling"),
+                    softcap=kwargs.get("softcap"),
+                    sliding_window=kwargs.get("sliding_window"),
+                    is_causal=bool(causal if causal is not None else getattr(module, "is_causal", True)),
+                )
+        except HookNotAvailableError as e:  # raised after the pass: an error inside it would reach nnsight
+            self._problems.append(f"{where}: {e.detail}")
+            return
         self.patterns[target.layer] = probs.to(target.out_dtype or query.dtype)
 
     def _eager_hook(self, module: Any, inputs: Any, output: Any) -> None:
@@ -259,7 +270,10 @@ def pattern_rows(
         h = idx[None, :, None, None]
         keep = mask.mask_mod(b, h, rows, cols).expand(bsz, len(idx), -1, k_len)
     elif mask is not None:
-        raise HookNotAvailableError(f"cannot read an attention mask of type {type(mask).__name__}.")
+        raise HookNotAvailableError(
+            f"savlens cannot read an attention mask of type {type(mask).__name__} (it reads 4-D and 2-D tensors and "
+            "flex BlockMasks); load the model with attn_implementation='sdpa' or 'eager' for attention patterns."
+        )
     if mask is None or (isinstance(mask, Tensor) and mask.ndim == 2):
         if is_causal and q_len > 1:
             keep = (cols <= rows) if keep is None else keep & (cols <= rows)

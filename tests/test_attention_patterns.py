@@ -75,6 +75,13 @@ def test_patterns_under_sdpa_equal_the_eager_weights(family: str) -> None:
         torch.testing.assert_close(last.value[:, i, 0], want[rows, batch.last_index], atol=ATOL, rtol=0)
         torch.testing.assert_close(full.value[:, i][real], want[real], atol=ATOL, rtol=0)
         assert torch.equal(last[f"L{layer}H{h}"], last.value[:, i])
+    # one row, no padding: SDPA gets no mask at all (is_causal), unless a sliding window needs one
+    one, ref_one = (savlens.Batch.from_examples(m, mixed_examples(m)[:1]) for m in (sdpa, eager))
+    ref = _eager_weights(eager, ref_one)
+    single = attention_patterns(sdpa, one, heads)
+    for i, (layer, h) in enumerate(heads):
+        torch.testing.assert_close(single.value[0, i, 0], ref[layer][0, h, -1], atol=ATOL, rtol=0)
+    ref = _eager_weights(eager, ref_batch)
     # the trace hook: every head of the layer, at the saved positions, in the model's dtype
     layer = heads[-1][0]
     with savlens.trace(sdpa, batch) as t:
@@ -169,3 +176,27 @@ def test_layers_without_self_attention_heads_are_refused() -> None:
         attention_patterns(qwen35, batch, ["L0H0"])
     with pytest.raises(HookNotAvailableError, match=r"linear attention"), savlens.trace(qwen35, batch) as t:
         t.save("blocks.0.attn.hook_pattern")
+
+
+def test_attention_outside_the_interface_or_with_a_sink_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing silently missing: a layer whose attention bypasses ALL_ATTENTION_FUNCTIONS (a model with its own
+    attention code) or adds an attention sink raises after the pass, naming the layer."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
+
+    model = tiny("qwen2")
+    batch = _batch(model)
+    real_get = AttentionInterface.get_interface
+    monkeypatch.setattr(AttentionInterface, "get_interface", lambda self, impl, default: sdpa_attention_forward)
+    with pytest.raises(HookNotAvailableError, match=r"layer\(s\) \[1\] never reached .*attention function 'sdpa'"):
+        attention_patterns(model, batch, ["L1H0"])
+
+    def with_sink(self: Any, impl: str, default: Any) -> Any:
+        fn = real_get(self, impl, default)
+        return lambda *a, **k: fn(*a, s_aux=torch.zeros(4), **k)
+
+    monkeypatch.setattr(AttentionInterface, "get_interface", with_sink)
+    with pytest.raises(HookNotAvailableError, match=r"layer 1 \(Qwen2Attention, 'sdpa'\) adds \['s_aux'\]"):
+        attention_patterns(model, batch, ["L1H0"])
+    monkeypatch.undo()
+    assert ALL_ATTENTION_FUNCTIONS["sdpa"] is sdpa_attention_forward  # the wrapper is gone after each call
