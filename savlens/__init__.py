@@ -1,5 +1,6 @@
 """savlens: Sparse Attention Vectors and per-head interpretability for large multimodal models."""
 
+from savlens.attention import attention_patterns
 from savlens.cache import ActivationCache, CacheEntry, HeadFeatures
 from savlens.errors import SavlensError
 from savlens.example import Example
@@ -28,6 +29,7 @@ __all__ = [
     "SavlensError",
     "Trace",
     "__version__",
+    "attention_patterns",
     "extract",
     "load",
     "open_store",

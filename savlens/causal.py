@@ -8,7 +8,8 @@ SAV picks heads by correlation. These functions ask whether those heads matter t
 - :func:`steer_to_class`: the reverse, in the style of multimodal task vectors: write class ``c``'s centroid into
   the selected heads at the last token and measure how far the answer moves towards ``c``;
 - :func:`attention_shares`: the share of a head's last-token attention that goes to image tokens, the
-  text, and the chat template / system prompt (eager attention for that call only).
+  text, and the chat template / system prompt (patterns captured under the model's own attention backend:
+  :func:`savlens.attention.attention_patterns`).
 """
 
 import statistics
@@ -20,8 +21,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from savlens.attention import attention_patterns
 from savlens.cache import HeadFeatures
-from savlens.errors import ArgumentError, FeatureError, HookNotAvailableError, InputError
+from savlens.errors import ArgumentError, FeatureError, InputError
 from savlens.example import Example
 from savlens.heads import Head, HeadSet
 from savlens.inputs import Batch
@@ -281,12 +283,16 @@ class AttentionShares:
     Attributes:
         heads: the heads, in order.
         image / text / system: ``example k`` shares (rows sum to 1 with the three together).
+        patterns: with ``return_patterns=True``, one ``k key_pos`` tensor per example: each head's attention from
+            the example's last token over the example's own tokens (padding removed; ``key_pos`` 0 is its first
+            token); None otherwise.
     """
 
     heads: HeadSet
     image: Float[Tensor, "example k"]
     text: Float[Tensor, "example k"]
     system: Float[Tensor, "example k"]
+    patterns: list[Float[Tensor, "k key_pos"]] | None = None
 
     def mean(self) -> dict[str, dict[str, float]]:
         """Return ``{head label: {"image": ..., "text": ..., "system": ...}}`` averaged over examples."""
@@ -320,53 +326,41 @@ def attention_shares(
     return_patterns: bool = False,
     **batch_options: Any,
 ) -> AttentionShares:
-    """Measure where ``heads`` look from the last token (eager attention for this call only).
+    """Measure where ``heads`` look from the last token: the share of their attention on image tokens, the text
+    and the chat template / system prompt.
 
-    Patterns are read at the last query position only (``positions="last"``); full patterns are never cached.
+    The patterns are computed for ``heads`` only, at the last query position only, inside the model's own forward
+    pass under its attention backend (SDPA included; :func:`savlens.attention.attention_patterns`), and the pass
+    stops after the last layer of ``heads``.
+
+    Args:
+        model: the model.
+        examples: the examples.
+        heads: a :class:`HeadSet`, ``"L14H3"`` labels or ``(layer, head)`` pairs.
+        batch_size: rows per forward pass.
+        return_patterns: also return each example's ``k key_pos`` patterns (``AttentionShares.patterns``).
+        **batch_options: passed to :meth:`Batch.from_examples` (``prompt_template``, ``system_prompt``, ``chat``).
     """
     hs = heads if isinstance(heads, HeadSet) else HeadSet(heads)
     prefix = template_prefix_length(model, **batch_options)
-    layers = sorted({h.layer for h in hs})
     out: dict[str, list[Tensor]] = {"image": [], "text": [], "system": []}
-    with eager_attention(model):
-        for start in range(0, len(examples), batch_size):
-            batch = Batch.from_examples(model, list(examples[start : start + batch_size]), **batch_options)
-            with trace(model, batch, logits=None, stop_at_layer=max(layers)) as t:
-                pats = t.save([f"blocks.{layer}.attn.hook_pattern" for layer in layers], "last")
-            first = (batch.last_index - batch.lengths + 1)[:, None]
-            pos = torch.arange(batch.seq_len)[None, :]
-            image = batch.image_mask
-            system = (pos >= first) & (pos < first + prefix) & ~image
-            text = batch.attention_mask.bool() & ~image & ~system
-            per_head = torch.stack(
-                [pats[f"blocks.{h.layer}.attn.hook_pattern"][:, h.head, 0].float().cpu() for h in hs], dim=1
-            )  # batch k key_pos
-            for name, region in (("image", image), ("text", text), ("system", system)):
-                out[name].append((per_head * region[:, None, :]).sum(-1))
-    return AttentionShares(hs, *(torch.cat(out[n]) for n in ("image", "text", "system")))
-
-
-class eager_attention:
-    """Context manager: run ``model`` with eager attention (needed for ``hook_pattern``), then restore."""
-
-    def __init__(self, model: Model) -> None:
-        self.model = model
-        self.before = model.attn_implementation
-
-    def __enter__(self) -> Model:
-        if self.before != "eager":
-            self._set("eager")
-        return self.model
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.before != "eager":
-            self._set(self.before)
-
-    def _set(self, impl: str) -> None:
-        hf: Any = self.model.hf
-        if not hasattr(hf, "set_attn_implementation"):
-            raise HookNotAvailableError(
-                f"{type(hf).__name__} cannot switch attention implementation; load it with "
-                "attn_implementation='eager' for attention patterns."
-            )
-        hf.set_attn_implementation(impl)
+    kept: list[Tensor] = []
+    for start in range(0, len(examples), batch_size):
+        batch = Batch.from_examples(model, list(examples[start : start + batch_size]), **batch_options)
+        per_head = attention_patterns(model, batch, hs, "last").value[:, :, 0]  # batch k key_pos
+        first = (batch.last_index - batch.lengths + 1)[:, None]
+        pos = torch.arange(batch.seq_len)[None, :]
+        image = batch.image_mask
+        system = (pos >= first) & (pos < first + prefix) & ~image
+        text = batch.attention_mask.bool() & ~image & ~system
+        for name, region in (("image", image), ("text", text), ("system", system)):
+            out[name].append((per_head * region[:, None, :]).sum(-1))
+        if return_patterns:
+            kept.extend(per_head[r, :, batch.attention_mask[r].bool()] for r in range(batch.size))
+    return AttentionShares(
+        hs,
+        image=torch.cat(out["image"]),
+        text=torch.cat(out["text"]),
+        system=torch.cat(out["system"]),
+        patterns=kept if return_patterns else None,
+    )

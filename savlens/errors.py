@@ -59,7 +59,8 @@ class BatchMismatchError(InputError):
 
 
 class HookNotAvailableError(SavlensError):
-    """A registered hook that cannot fire in this run (e.g. `hook_pattern` without eager attention)."""
+    """A registered hook that cannot fire in this run (e.g. a save past `stop_at_layer`, a head hook on a layer
+    of another kind)."""
 
     page = "hook-not-available-error"
 

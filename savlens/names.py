@@ -47,14 +47,12 @@ class HookPoint:
         template: the name, with ``{l}`` standing for the layer number in per-layer hooks.
         dims: the dim words of the saved tensor (glossary words), before position slicing.
         doc: what the tensor is, in one line.
-        eager_only: True for tensors that exist only under eager attention (``hook_pattern``).
         derived: True for tensors savlens computes from others (``hook_result``).
     """
 
     template: str
     dims: tuple[str, ...]
     doc: str
-    eager_only: bool = False
     derived: bool = False
 
     @property
@@ -112,8 +110,7 @@ HOOKS: tuple[HookPoint, ...] = (
     HookPoint(
         "blocks.{l}.attn.hook_pattern",
         ("batch", "head_index", "query_pos", "key_pos"),
-        "attention probabilities",
-        eager_only=True,
+        "attention probabilities at the saved query positions, under any attention backend (see savlens.attention)",
     ),
     HookPoint(
         "blocks.{l}.cross_attn.hook_q",
@@ -357,7 +354,7 @@ def hooks_markdown() -> str:
     """Return the registry as a markdown table (the docs page is generated from this)."""
     rows = ["| name | dims | what it is |", "|---|---|---|"]
     for h in HOOKS:
-        extra = " (eager attention only)" if h.eager_only else (" (derived)" if h.derived else "")
+        extra = " (derived)" if h.derived else ""
         rows.append(f"| `{h.template}` | `{' '.join(h.dims)}` | {h.doc}{extra} |")
     return "\n".join(rows)
 

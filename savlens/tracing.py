@@ -6,7 +6,8 @@ whatever order you declare them in, positions are sliced inside the hook (no ful
 unless asked for), and ``t.cache`` holds every saved tensor with its dims.
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -15,6 +16,7 @@ from einops import einsum, rearrange
 from jaxtyping import Float
 from torch import Tensor
 
+from savlens.attention import PatternCapture
 from savlens.cache import ActivationCache, CacheEntry, stack_layers
 from savlens.errors import (
     ArgumentError,
@@ -152,19 +154,13 @@ class Trace:
 
         Raises:
             HookNameError: a name or pattern that matches no hook of this model.
-            HookNotAvailableError: ``hook_pattern`` without eager attention.
+            HookNotAvailableError: a hook the named layer's kind does not have, or one past ``stop_at_layer``.
         """
         if self._ran:
             raise TraceStateError("this trace already ran; open a new `with savlens.trace(...)` block to save more.")
         check_device_dtype(device, dtype, "t.save")
         concrete = resolve(names, self.model.n_layers, self.model.multimodal, self.model.resolved.kinds)
         for n in concrete:
-            if hook_point(n).eager_only and self.model.attn_implementation != "eager":
-                raise HookNotAvailableError(
-                    f"{n!r} needs eager attention, but {self.model.model_id!r} runs with "
-                    f"{self.model.attn_implementation!r}. Load it with attn_implementation='eager' (or call "
-                    "model.hf.set_attn_implementation('eager')) for attention patterns."
-                )
             if n.startswith("vision_") and positions not in (None, "all"):
                 raise PositionError(
                     f"{n!r} is a vision-tower hook and is saved whole; it takes no positions "
@@ -348,7 +344,7 @@ _ACCESS: dict[str, tuple[str, str]] = {
     "blocks.{l}.attn.hook_z": ("o_proj", "input"),
     "blocks.{l}.attn.hook_result": ("o_proj", "input"),
     "blocks.{l}.hook_attn_out": ("o_proj", "output"),
-    "blocks.{l}.attn.hook_pattern": ("attn", "output"),
+    "blocks.{l}.attn.hook_pattern": ("block", "output"),  # computed by savlens.attention; see _plan
     "blocks.{l}.cross_attn.hook_q": ("q_proj", "output"),
     "blocks.{l}.cross_attn.hook_z": ("o_proj", "input"),
     "blocks.{l}.cross_attn.hook_result": ("o_proj", "input"),
@@ -363,9 +359,8 @@ _STEP = {
     ("v_proj", "output"): 3,
     ("o_proj", "input"): 4,
     ("o_proj", "output"): 5,
-    ("attn", "output"): 6,
-    ("mlp", "output"): 7,
-    ("block", "output"): 8,
+    ("mlp", "output"): 6,
+    ("block", "output"): 7,
 }
 
 
@@ -400,7 +395,8 @@ def _plan(model: Model, requests: list[_Request], edits: "Sequence[Edit]" = ()) 
                 path = rs.block_path(layer, "" if role == "block" else role)
                 order = (2, layer, _STEP[(role, kind)])
             read = reads.setdefault((path, kind), _Read(path, kind, order))
-            read.saves.append((name, req))
+            if template != _PATTERN:  # a pattern is captured by savlens.attention; its read (the block's
+                read.saves.append((name, req))  # output) only keeps the pass going until the attention ran
     return sorted(reads.values(), key=lambda r: r.order)
 
 
@@ -428,6 +424,7 @@ def _execute(
         key = _pos_key(req.positions)
         if key not in selections:
             selections[key] = select_positions(batch, req.positions or "last")
+    captures = _pattern_captures(model, requests, selections)
     inputs = _model_inputs(model, batch, logits_mode)
     raw: list[dict[str, Tensor]] = [{} for _ in requests]
     req_index = {id(r): i for i, r in enumerate(requests)}
@@ -436,7 +433,7 @@ def _execute(
     last = batch.last_index.to(inputs["input_ids"].device)
 
     applied: list[Edit] = []
-    with torch.no_grad(), env.trace(**inputs) as tracer:
+    with torch.no_grad(), _entered(captures.values()), env.trace(**inputs) as tracer:
         # the body runs in a plain function: nnsight executes a with-block's own code against a dict scope
         # (every name a dict lookup, globals after a KeyError), which cost ~0.3 ms per trace on small models
         _interleave(env, plan, batch, model.resolved.layers, selections, raw, req_index, applied)
@@ -444,6 +441,7 @@ def _execute(
             tracer.stop()
         elif logits_mode is not None:
             _read_logits(env, logits_mode, last, logits_box)
+    _fill_patterns(captures, requests, raw)
 
     missed = [e for e in edits if not any(e is a for a in applied)]
     if missed:
@@ -461,6 +459,37 @@ def _execute(
             entries[name] = entry
         out.append(entries)
     return out, (logits_box[0] if logits_box else None)
+
+
+# ---- attention patterns (hook_pattern): computed by savlens.attention during the pass -------------------
+@contextmanager
+def _entered(captures: Iterable[PatternCapture]) -> Iterator[None]:
+    with ExitStack() as stack:
+        for capture in captures:
+            stack.enter_context(capture)
+        yield
+
+
+def _pattern_captures(
+    model: Model, requests: list[_Request], selections: dict[Any, Selection]
+) -> dict[Any, PatternCapture]:
+    """One :class:`PatternCapture` per distinct positions of the ``hook_pattern`` saves (every head of each layer)."""
+    layers: dict[Any, dict[int, None]] = {}
+    for req in requests:
+        for name in req.names:
+            layer, template = split_name(name)
+            if template == _PATTERN and layer is not None:
+                layers.setdefault(_pos_key(req.positions), {})[layer] = None
+    return {key: PatternCapture(model, ls, selections[key]) for key, ls in layers.items()}
+
+
+def _fill_patterns(captures: dict[Any, PatternCapture], requests: list[_Request], raw: list[dict[str, Tensor]]) -> None:
+    for i, req in enumerate(requests):
+        for name in req.names:
+            layer, template = split_name(name)
+            if template == _PATTERN and layer is not None:
+                x = captures[_pos_key(req.positions)].patterns[layer]
+                raw[i][name] = x.to(device=req.device, dtype=req.dtype) if req.device or req.dtype else x
 
 
 def _interleave(
@@ -483,9 +512,8 @@ def _interleave(
             applied.extend(read.edits)
         for name, req in read.saves:
             _, template = split_name(name)
-            if template == "blocks.{l}.attn.hook_pattern":
-                x = value[1]
-            elif template in _QKV_PART:
+            x: Any  # an nnsight proxy inside the trace
+            if template in _QKV_PART:
                 x = _qkv_part(value, template, layers[split_name(name)[0] or 0])
             elif read.kind == "output" or template in ("hook_embed", "blocks.{l}.hook_resid_pre"):
                 x = _first(value)
@@ -494,9 +522,7 @@ def _interleave(
             else:
                 x = value
             if not name.startswith("vision_") and req.positions != "all":
-                sel = selections[_pos_key(req.positions)]
-                pos_dim = 2 if template == "blocks.{l}.attn.hook_pattern" else 1
-                x = take_positions(x, sel, dim=pos_dim)
+                x = take_positions(x, selections[_pos_key(req.positions)], dim=1)
             if req.device is not None or req.dtype is not None:
                 x = x.to(device=req.device, dtype=req.dtype)
             raw[req_index[id(req)]][name] = x.save()
@@ -578,6 +604,7 @@ def _entry(model: Model, name: str, x: Tensor, req: _Request, selections: dict[A
 
 
 _PER_QUERY_HEAD = QUERY_HEAD_HOOKS
+_PATTERN = "blocks.{l}.attn.hook_pattern"
 _RESULT = ("blocks.{l}.attn.hook_result", "blocks.{l}.cross_attn.hook_result")
 
 

@@ -462,13 +462,17 @@ def _(env: Env) -> Call:
 
 
 @bad(
-    "attention patterns without eager attention",
+    "attention patterns of a cross-attention head",
     HookNotAvailableError,
-    r"needs eager attention",
-    r"attn_implementation='eager'",
+    r"layer 1 is a cross attention layer",
+    r"self-attention layers only. Layers by kind",
 )
 def _(env: Env) -> Call:
-    return _trace_save(_lm(), "blocks.0.attn.hook_pattern")
+    from savlens.attention import attention_patterns
+
+    model = tiny("mllama")
+    batch = savlens.Batch.from_examples(model, ["what is it ?"])
+    return Call(lambda: attention_patterns(model, batch, ["L1H0"]), (model,))
 
 
 @bad(

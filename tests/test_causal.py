@@ -106,10 +106,22 @@ def test_attention_shares_sum_to_one_and_find_the_template() -> None:
     assert n_prefix > 0
     two = savlens.Batch.from_examples(model, [savlens.Example("0"), savlens.Example("1", id="1")]).input_ids
     assert torch.equal(two[0, :n_prefix], two[1, :n_prefix]) and two[0, n_prefix] != two[1, n_prefix]
-    shares = attention_shares(model, exs, ["L1H0", "L2H3"], batch_size=2)
+    shares = attention_shares(model, exs, ["L1H0", "L2H3"], batch_size=2, return_patterns=True)
     total = shares.image + shares.text + shares.system
     torch.testing.assert_close(total, torch.ones_like(total), atol=1e-5, rtol=1e-5)
     assert torch.all(shares.image[-1] == 0)  # the text-only row has no image tokens
     assert shares.image[:3].min() > 0
-    assert model.attn_implementation == "sdpa"  # restored after the call
+    assert model.attn_implementation == "sdpa"  # never switched
     assert set(shares.mean()) == {"L1H0", "L2H3"}
+    # the same shares as the eager model's own attention weights give
+    eager = attention_shares(tiny("llava_onevision", "eager"), exs, ["L1H0", "L2H3"], batch_size=2)
+    for region in ("image", "text", "system"):
+        torch.testing.assert_close(getattr(shares, region), getattr(eager, region), atol=1e-5, rtol=0)
+    # return_patterns: each example's patterns over its own tokens, which the shares sum
+    assert shares.patterns is not None and eager.patterns is None and len(shares.patterns) == len(exs)
+    for i, e in enumerate(exs):
+        own = savlens.Batch.from_examples(model, [e])
+        p = shares.patterns[i]
+        assert p.shape == (2, own.seq_len)
+        torch.testing.assert_close(p[:, own.image_mask[0]].sum(-1), shares.image[i], atol=1e-6, rtol=0)
+        torch.testing.assert_close(p[:, n_prefix:].sum(-1) - p[:, own.image_mask[0]].sum(-1), shares.text[i])

@@ -73,13 +73,12 @@ def test_batch_built_for_another_model() -> None:
         savlens.trace(a, _batch(b))
 
 
-def test_pattern_needs_eager_attention() -> None:
-    model = tiny("qwen2_5_vl")
-    with (
-        pytest.raises(HookNotAvailableError, match="needs eager attention.*attn_implementation='eager'"),
-        savlens.trace(model, _batch(model)) as t,
-    ):
-        t.save("blocks.0.attn.hook_pattern")
+def test_pattern_on_a_cross_attention_layer() -> None:
+    from savlens.attention import attention_patterns
+
+    model = tiny("mllama")
+    with pytest.raises(HookNotAvailableError, match="layer 1 is a cross attention layer.*self-attention layers only"):
+        attention_patterns(model, savlens.Batch.from_examples(model, ["what is it ?"]), ["L1H0"])
 
 
 def test_processor_that_does_not_match_the_model() -> None:

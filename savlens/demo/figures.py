@@ -84,7 +84,7 @@ def write_figures(
 
     With a vision-language ``model``, also where the selected heads look (``attention_shares.png``; their mean
     shares go into ``extra["attention_shares"]``) and the attention over the image of the head that looks at it
-    most (``attention.png``); eager attention for those passes only.
+    most (``attention.png``), under the model's own attention backend.
     """
     from savlens import plot
     from savlens.transfer import TaskSplit, transfer_matrix
@@ -153,11 +153,11 @@ def _attention_figures(
 ) -> None:
     """Where the selected heads look from the last token (image / text / template shares over up to 16 test
     examples: ``attention_shares.png``), and the attention over the image grid of the first test example of
-    the selected head that looks at the image most (``attention.png``). Eager attention for these passes only."""
+    the selected head that looks at the image most (``attention.png``), under the model's own attention backend."""
     import warnings
 
     from savlens import plot
-    from savlens.causal import attention_shares, eager_attention
+    from savlens.causal import attention_shares
 
     examples = [e for e in task.test if e.n_images][:16]
     try:
@@ -169,9 +169,9 @@ def _attention_figures(
         head = sav.heads_[int(looks.argmax())]
         example = examples[0]
         batch = Batch.from_examples(model, [example], prompt_template=task.prompt_template)
-        with eager_attention(model), trace(model, batch, logits=None, stop_at_layer=head.layer) as t:
+        with trace(model, batch, logits=None, stop_at_layer=head.layer) as t:
             pattern = t.save(f"blocks.{head.layer}.attn.hook_pattern", "last", device="cpu")
         fig = plot.attention_on_image(pattern.value, batch, head.head, layer=head.layer, image=example.load_images()[0])
         save(fig, "attention.png")
-    except SavlensError as e:  # no eager attention, or image tokens that are not one square grid: no figure
+    except SavlensError as e:  # image tokens that are not one square grid: no figure
         warnings.warn(f"savlens demo: no attention figure ({e.detail})", stacklevel=2)

@@ -33,8 +33,9 @@ def attention_on_image(
 ) -> "Figure":
     """Draw one head's attention from the last token over the image-token grid of one batch row.
 
-    ``pattern`` is ``t.save("blocks.{l}.attn.hook_pattern", positions="last").value`` (eager attention; the
-    query axis holds the last token; its last entry is used if it holds more). The image tokens of row ``row``
+    ``pattern`` is ``t.save("blocks.{l}.attn.hook_pattern", positions="last").value`` (under any attention
+    backend: :mod:`savlens.attention`; the query axis holds the last token; its last entry is used if it holds
+    more). The image tokens of row ``row``
     are the positions where ``batch.image_mask`` is True; the ``image_index``-th run of ``grid[0] * grid[1]``
     of them is reshaped to ``grid`` (rows, columns), row-major as the vision tower emits them. The overlay
     image holds exactly those attention weights (the figure's last image); with ``image`` (a PIL image) it is

@@ -236,8 +236,7 @@ def load_smollm2(
         dtype: dtype of the returned weights (the cache holds fp32; bf16 is a cast of the fp32 weights).
         cache_dir: the cache root; default ``$SAVLENS_CACHE``, else ``$XDG_CACHE_HOME/savlens``, else
             ``~/.cache/savlens``.
-        attn_implementation: ``"sdpa"`` (default, for features) or ``"eager"`` (needed for attention
-            patterns).
+        attn_implementation: ``"sdpa"`` (default) or ``"eager"``.
 
     Returns:
         A :class:`LoadedModel` ``(model, tokenizer)``; the model is in eval mode on the CPU. Its

@@ -147,8 +147,8 @@ class TinyVLM(nn.Module):
         return self.config.num_image_tokens
 
     def set_attn_implementation(self, attn_implementation: str) -> None:
-        """Switch the language model's attention (``"eager"`` for attention patterns, ``"sdpa"``), as HF
-        models do; the vision tower is a CNN and has no attention."""
+        """Switch the language model's attention (``"eager"``, ``"sdpa"``), as HF models do; the vision
+        tower is a CNN and has no attention."""
         self.language_model.set_attn_implementation(attn_implementation)
         self.config._attn_implementation = self.language_model.config._attn_implementation
 
@@ -476,7 +476,7 @@ def load_tiny_vlm(
             projector trained without colour questions, sha256-checked), ``"random"`` (PyTorch's default
             ``nn.Linear`` init under ``torch.manual_seed(seed)``: a control), or a path to a safetensors file.
         dtype: dtype of every part.
-        attn_implementation: ``"sdpa"`` or ``"eager"`` (for attention patterns), for the LM.
+        attn_implementation: ``"sdpa"`` or ``"eager"``, for the LM.
         seed: seed of the random projector.
         cache_dir: the savlens cache root for SmolLM2's converted weights.
 
