@@ -1,8 +1,7 @@
 """Where the report gets a head's attention over the image tokens: ONE adapter, :func:`head_image_attention`.
 
 Everything the report shows of attention comes through this function, so its source can change in one place
-(patterns computed without eager attention, image tokens mapped to each image's real patch grid) without
-touching the page.
+without touching the page: the patterns come from :func:`savlens.attention_patterns` (never eager).
 """
 
 from collections.abc import Sequence
@@ -61,8 +60,8 @@ def head_image_attention(
 ) -> ImageAttention:
     """Return ``heads``' attention from the ``query`` position over each example's image tokens.
 
-    Today's source: ``blocks.{l}.attn.hook_pattern`` read at ``query`` under eager attention (switched on for
-    this call only, as :func:`savlens.causal.attention_shares` does), and each example's image tokens split
+    The source: :func:`savlens.attention_patterns` at ``query`` (computed inside the model's own attention
+    backend, never switching it to eager), and each example's image tokens split
     evenly into one square grid per image (the tiny VLM's 2x2 grid; a family whose image tokens are not square
     per image gets the share but no grid).
 
@@ -75,26 +74,19 @@ def head_image_attention(
         batch_size: examples per forward pass.
         **batch_options: :meth:`savlens.Batch.from_examples` options (prompt template, chat, system prompt).
     """
-    from savlens.causal import eager_attention
+    from savlens.attention import attention_patterns
     from savlens.inputs import Batch
-    from savlens.tracing import trace
 
-    layers = sorted({h.layer for h in heads})
     shares: list[Tensor] = []
     grids: list[list[Tensor]] = []
-    with eager_attention(model):
-        for start in range(0, len(examples), batch_size):
-            chunk = list(examples[start : start + batch_size])
-            batch = Batch.from_examples(model, chunk, **batch_options)
-            with trace(model, batch, logits=None, stop_at_layer=max(layers)) as t:
-                pats = t.save([f"blocks.{layer}.attn.hook_pattern" for layer in layers], query, device="cpu")
-            per_head = torch.stack(
-                [pats[f"blocks.{h.layer}.attn.hook_pattern"][:, h.head, -1].float() for h in heads], dim=1
-            )  # batch k key_pos
-            image = batch.image_mask.cpu()
-            for row, example in enumerate(chunk):
-                on_image = per_head[row][:, image[row]]  # k n_image_tokens, in sequence order
-                shares.append(on_image.sum(dim=1))
-                grids.append(_square_grids(on_image, example.n_images))
+    for start in range(0, len(examples), batch_size):
+        chunk = list(examples[start : start + batch_size])
+        batch = Batch.from_examples(model, chunk, **batch_options)
+        per_head = attention_patterns(model, batch, heads, query).value[:, :, -1]  # batch k key_pos
+        image = batch.image_mask.cpu()
+        for row, example in enumerate(chunk):
+            on_image = per_head[row][:, image[row]]  # k n_image_tokens, in sequence order
+            shares.append(on_image.sum(dim=1))
+            grids.append(_square_grids(on_image, example.n_images))
     share = torch.stack(shares) if shares else torch.zeros(0, len(heads))
     return ImageAttention(heads, share, grids)

@@ -243,7 +243,7 @@ def report_data(
             image_attention = head_image_attention(
                 model, [examples[i] for i in shown], sav.heads_, query=query, batch_size=batch_size, **batch_options
             )
-        except SavlensError as e:  # e.g. a model that cannot switch to eager attention: the page says so
+        except SavlensError as e:  # e.g. a head on a layer without self-attention: the page says so
             warnings.warn(f"savlens.report: no attention over the images ({e.detail})", stacklevel=2)
             notes.append(f"no attention over the images: {e.detail}")
     elif attention and model is None and examples is not None and any(e.n_images for e in examples):
