@@ -843,10 +843,10 @@ def _(env: Env) -> Call:
     "a criterion name that is not registered",
     ArgumentError,
     r"no criterion is registered as 'centroids'; registered: .*centroid",
-    r"Register one with @savlens\.scoring\.register_scorer",
+    r"Register one with @savlens\.scoring\.register_criterion",
 )
 def _(env: Env) -> Call:
-    return Call(lambda: SAV(k=2, scorer="centroids").fit(_features()))
+    return Call(lambda: SAV(k=2, criterion="centroids").fit(_features()))
 
 
 @bad(

@@ -142,7 +142,7 @@ def test_fit_from_examples_and_transfer(toy: Path, capsys: pytest.CaptureFixture
         tmp_path / "a.sav",
         "--k",
         "3",
-        "--scorer",
+        "--criterion",
         "fisher",
         "--plot",
         tmp_path / "h.png",

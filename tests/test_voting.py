@@ -153,4 +153,4 @@ def test_bad_rules_and_reference_mode_are_refused() -> None:
         return HeadScores(torch.full((2, 3), torch.inf), "infinite", layers=features.layers)
 
     with pytest.raises(ArgumentError, match="finite scores >= 0"):
-        SAV(k=2, scorer=infinite, voting="score").fit(feats)
+        SAV(k=2, criterion=infinite, voting="score").fit(feats)
