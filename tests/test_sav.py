@@ -120,7 +120,8 @@ def test_predict_refuses_other_sources_and_missing_layers() -> None:
 
     with pytest.raises(FeatureError, match="SAV.predict: .*model_id: fitted on 'm1', these features have 'm2'"):
         sav.predict(dataclasses.replace(test, model_id="m2"))
-    with pytest.raises(FeatureError, match="hook: fitted on 'blocks.\\*.attn.hook_z', these features have 'blocks.\\*.hook_resid_post'"):
+    hooks = "hook: fitted on 'blocks.\\*.attn.hook_z', these features have 'blocks.\\*.hook_resid_post'"
+    with pytest.raises(FeatureError, match=hooks):
         sav.predict(dataclasses.replace(test, hook="blocks.*.hook_resid_post"))
     partial = HeadFeatures(test.z[:, [0, 1]], layers=(0, 1), model_id="m1")
     with pytest.raises(FeatureError, match=r"layers \[2, 3\] of the selected heads are not in these features"):
