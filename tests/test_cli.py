@@ -131,6 +131,47 @@ def test_predict_and_eval_on_an_examples_file_use_the_saved_prompt_settings(
     assert code == 0 and "accuracy" in out
 
 
+def test_predict_extracts_as_the_sav_was_fitted_and_refuses_stores_rendered_otherwise(
+    toy: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An SAV fitted with the Python API on raw-text features: `savlens predict` on an examples file extracts raw
+    text with its template (SAV.extract_options_), and a store rendered through the chat template is refused."""
+    import savlens.extraction
+    from savlens.cli import load_model
+    from savlens.datasets import load_examples
+
+    model = load_model(TINY)
+    train, test = load_examples(toy / "train.jsonl"), load_examples(toy / "test.jsonl")
+    opts = {"prompt_template": "say : {text}", "chat": False}
+    sav = savlens.SAV(k=4).fit(savlens.extract(model, train, progress=False, **opts))  # type: ignore[arg-type]
+    sav_dir = sav.save(tmp_path / "raw.sav")
+    expected = sav.votes(savlens.extract(model, test, progress=False, **opts))  # type: ignore[arg-type]
+    seen: list[dict[str, object]] = []
+    real = savlens.extraction.extract
+
+    def spy(*args: object, **kwargs: object) -> object:
+        seen.append({k: kwargs.get(k) for k in ("prompt_template", "chat", "system_prompt")})
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(savlens.extraction, "extract", spy)
+    monkeypatch.setattr(savlens, "extract", spy)
+    pred = run_json(capsys, "predict", sav_dir, toy / "test.jsonl", "--model", TINY)
+    assert seen == [{"prompt_template": "say : {text}", "chat": False, "system_prompt": None}]
+    assert [p["predicted"] for p in pred["predictions"]] == expected.labels()
+    assert [p["confidence"] for p in pred["predictions"]] == pytest.approx(expected.shares.max(-1).values.tolist())
+    monkeypatch.undo()
+
+    chat_store = tmp_path / "chat"
+    extract_args = ("extract", toy / "test.jsonl", "--model", TINY, "--template", "say : {text}", "--quiet")
+    assert run(capsys, *extract_args, "--out", chat_store)[0] == 0
+    for command in ("predict", "eval"):
+        code, _, err = run(capsys, command, sav_dir, chat_store)
+        assert code == 2 and "chat: fitted on False, these features have True" in err
+    # prompt options given with a store are refused, not silently ignored
+    code, _, err = run(capsys, "fit", chat_store, "--out", tmp_path / "x", "--no-chat", "--quiet")
+    assert code == 2 and "--no-chat" in err and "is a feature store" in err
+
+
 def test_fit_from_examples_and_transfer(toy: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     fit = run_json(
         capsys,
@@ -227,7 +268,7 @@ def test_a_store_or_model_from_another_model_is_refused(
     templated = tmp_path / "templated"
     assert run(capsys, "extract", toy / "test.jsonl", "--model", TINY, "--out", templated, "--quiet")[0] == 0
     code, _, err = run(capsys, "predict", sav_dir, templated)
-    assert code == 2 and "extracted with prompt template None" in err
+    assert code == 2 and "these features were extracted with None" in err
     # resuming into a store of another extraction
     code, _, err = run(capsys, "extract", toy / "test.jsonl", "--model", TINY, "--out", other, "--quiet")
     assert code == 2 and "holds features of another extraction" in err
