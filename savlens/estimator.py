@@ -40,8 +40,10 @@ class Estimator:
         ...         self.shift = shift
         ...         self.scale = scale
         >>> m = Mean(scale=2.0)
-        >>> m, m.get_params(), m.set_params(shift=1.0).shift
-        (Mean(scale=2.0), {'shift': 0.0, 'scale': 2.0}, 1.0)
+        >>> m, m.get_params()
+        (Mean(scale=2.0), {'shift': 0.0, 'scale': 2.0})
+        >>> m.set_params(shift=1.0)
+        Mean(shift=1.0, scale=2.0)
         >>> hasattr(m, "mean_"), m.__sklearn_is_fitted__()
         (False, False)
     """
