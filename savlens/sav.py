@@ -177,6 +177,14 @@ class SAV(Estimator):
     def _repr_fitted(self) -> str:
         return f"; heads_=[{self.heads_}]" if self.__sklearn_is_fitted__() else ""
 
+    def _repr_html_(self) -> str | None:
+        """Render a fitted SAV in a notebook: the head-score map, its heads (:func:`savlens.report.report_html`)."""
+        if not self.__sklearn_is_fitted__():
+            return None
+        from savlens.report import report_html
+
+        return report_html(self, full=False)
+
     @property
     def required_layers(self) -> tuple[int, ...]:
         """The model layers the selected heads live in: what an extraction for :meth:`predict` must read."""

@@ -292,7 +292,7 @@ def transfer_matrix(
     Args:
         tasks: task name -> :class:`TaskSplit` (or a ``(train, test)`` pair), all labelled.
         k: heads per task (and per random draw).
-        criterion: criterion (see :mod:`savlens.scoring`).
+        criterion: the head-selection criterion (a registered name or a function; see :mod:`savlens.scoring`).
         mode: scoring mode (None: the criterion's default).
         seed: fold and tie-break seed, and the seed of the random draws.
         reference: use reference-mode SAVs.

@@ -127,6 +127,12 @@ class Votes:
         """Return ``{"L14H3": label, ...}``: what each head voted for on example ``i``, in rank order."""
         return {str(h): self.classes[c] for h, c in zip(self.heads, self.votes[i].tolist())}
 
+    def _repr_html_(self) -> str:
+        """Render the votes in a notebook: each head's vote and similarities per example (:mod:`savlens.report`)."""
+        from savlens.report import votes_html
+
+        return votes_html(self, full=False)
+
     @staticmethod
     def concat(parts: "list[Votes]") -> "Votes":
         """Concatenate the votes of consecutive blocks of examples (same heads and classes)."""
