@@ -20,8 +20,8 @@ _LABELS = {
     "hooks_full_seq_batched": "plain forward hooks, full-seq input+output, same batch",
     "reference_hooks_bs1": "reference style: full-seq hooks, batch size 1",
     "reference_fit": "reference-style fit (3 passes, batch size 1)",
-    "savlens_fit": "savlens `SAV(k).fit(model, examples)` (1 batched pass, LOO scores)",
-    "savlens_predict": "savlens `SAV.predict(model, examples)` (selected layers, early stop)",
+    "savlens_fit": "savlens `SAV(k).fit_model(model, examples)` (1 batched pass, LOO scores)",
+    "savlens_predict": "savlens `sav.predict(sav.extract(model, examples))` (selected layers, early stop)",
     "hf_forward_full": "bare HF forward + batch build (full depth)",
     "savlens_extract_all_layers": "savlens `extract`, all layers",
 }

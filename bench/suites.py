@@ -194,7 +194,7 @@ def run_case(case: Case, log: Callable[[str], None]) -> dict[str, Any]:
     log(f"[{case.name}] fit on {len(fit_ex)} examples, k={k}")
     ffns: dict[str, Callable[[], Any]] = {
         "reference_fit": lambda: bl.reference_fit(m, fit_ex, k),
-        "savlens_fit": lambda: savlens.SAV(k=k).fit(m, fit_ex, batch_size=b_size),
+        "savlens_fit": lambda: savlens.SAV(k=k).fit_model(m, fit_ex, batch_size=b_size),
         "savlens_extract": lambda: savlens.extract(m, fit_ex, batch_size=b_size, progress=False),
     }
     fres = measure(ffns, case.rounds_fit, warmup=0)  # everything is warm from the capture benchmark
@@ -231,7 +231,7 @@ def run_case(case: Case, log: Callable[[str], None]) -> dict[str, Any]:
             bl.bare_forward(m, bl.model_inputs(m, savlens.Batch.from_examples(m, chunk)))
 
     pfns: dict[str, Callable[[], Any]] = {
-        "savlens_predict": lambda: sav.predict(m, pred_ex, batch_size=b_size),
+        "savlens_predict": lambda: sav.predict(sav.extract(m, pred_ex, batch_size=b_size)),
         "hf_forward_full": full_forward_pred,
         "savlens_extract_all_layers": lambda: savlens.extract(m, pred_ex, batch_size=b_size, progress=False),
     }

@@ -37,7 +37,7 @@ def main() -> None:
     sav = savlens.SAV(k=20).fit(feats)
     answers = {c: " " + c for c in CLASSES}
     out: dict = {"heads": str(sav.heads_), "n_test": len(split.test)}
-    out["sav_test_accuracy"] = sav.score(model, split.test, batch_size=8)
+    out["sav_test_accuracy"] = sav.score(sav.extract(model, split.test, batch_size=8))
     print(out, flush=True)
     rep = causal_validation(sav, model, split.test, answers, means=feats, n_random=args.n_random, **opts)
     out["ablation"] = rep.summary()

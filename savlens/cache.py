@@ -126,6 +126,42 @@ def _short_list(items: Sequence[str], n: int = 6) -> str:
     return shown + (f", ... ({len(items)} in all)" if len(items) > n else "") if items else "(none)"
 
 
+#: How features were made: the fields of :meth:`HeadFeatures.describe`. A fitted estimator refuses features that
+#: differ from its training features in any of them (``layers`` may be a superset).
+PROVENANCE = (
+    "model_id",
+    "hook",
+    "positions",
+    "prompt_template",
+    "chat",
+    "system_prompt",
+    "layers",
+    "n_heads",
+    "d_head",
+)
+#: The provenance fields of the prompt (how each example was rendered): tasks may differ in them.
+PROMPT_FIELDS = ("prompt_template", "chat", "system_prompt")
+
+
+def describe_features(features: Any) -> dict[str, Any]:
+    """Return the :data:`PROVENANCE` of in-memory or stored features (no tensors), JSON-serialisable.
+
+    ``positions`` is given as text (``"last"``, ``"-2"``) whatever type it was stored as; ``chat`` and
+    ``system_prompt`` are what :func:`savlens.extract` recorded in ``meta`` (None for features made by hand).
+    """
+    return {
+        "model_id": features.model_id,
+        "hook": features.hook,
+        "positions": str(features.positions),
+        "prompt_template": features.prompt_template,
+        "chat": features.meta.get("chat"),
+        "system_prompt": features.meta.get("system_prompt"),
+        "layers": list(features.layers or ()),
+        "n_heads": features.n_heads,
+        "d_head": features.d_head,
+    }
+
+
 @dataclass(eq=False)
 class HeadFeatures:
     """Per-head features of a data set: one vector per (example, layer, head) at a chosen position.
@@ -143,7 +179,8 @@ class HeadFeatures:
         positions: the positions read (``"last"`` by default).
         prompt_template: the prompt template the examples were rendered with (None: the raw text).
         layers: the model layer of each ``layer`` row (``range(n_layers)`` when all layers were read).
-        meta: free-form JSON-serialisable extras (library versions, dtype, ...).
+        meta: JSON-serialisable extras: what :func:`savlens.extract` recorded (``fingerprint``, ``dtype``, and the
+            prompt settings ``chat`` and ``system_prompt``, which are part of :meth:`describe`), and any others.
         log_probs: the model's next-token log-probabilities (``log_softmax`` over the whole vocabulary, float32)
             at each example's last real token, kept by ``savlens.extract(..., logits="last")``; None otherwise.
             Its columns are the token ids in ``logit_tokens`` in that order, or the whole vocabulary (column =
@@ -278,22 +315,14 @@ class HeadFeatures:
         return dataclasses.replace(self, labels=list(labels))
 
     def describe(self) -> dict[str, Any]:
-        """Return the provenance fields (no tensors) as a JSON-serialisable dict."""
-        return {
-            "model_id": self.model_id,
-            "hook": self.hook,
-            "positions": self.positions,
-            "prompt_template": self.prompt_template,
-            "layers": list(self.layers or ()),
-            "n_heads": self.n_heads,
-            "d_head": self.d_head,
-        }
+        """Return the provenance fields (no tensors) as a JSON-serialisable dict: :data:`PROVENANCE`."""
+        return describe_features(self)
 
     def check_compatible(self, other: "HeadFeatures", what: str = "these features") -> None:
         """Raise :class:`FeatureError` unless ``other`` comes from the same model, hook, positions
-        and grid as ``self``."""
+        and grid as ``self`` (the prompt, :data:`PROMPT_FIELDS`, may differ: tasks have their own)."""
         mine, theirs = self.describe(), other.describe()
-        diff = {k: (mine[k], theirs[k]) for k in mine if mine[k] != theirs[k] and k != "prompt_template"}
+        diff = {k: (mine[k], theirs[k]) for k in mine if mine[k] != theirs[k] and k not in PROMPT_FIELDS}
         if diff:
             parts = "; ".join(f"{k}: {a!r} vs {b!r}" for k, (a, b) in diff.items())
             raise FeatureError(f"cannot mix {what}: they come from different sources ({parts}).")

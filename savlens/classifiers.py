@@ -5,13 +5,14 @@
 - :class:`SparseLayers` keeps the ``k`` best *layers* instead of heads: a layer's concatenated heads are one
   unit, scored by nearest-centroid accuracy and voting as an SAV head does (Table 3b).
 
-All follow scikit-learn conventions (``fit`` returns self; ``predict``, ``predict_proba``, ``score``) and refuse
-features from another model or hook, as :class:`~savlens.sav.SAV` does.
+All follow the estimator contract of :class:`~savlens.sav.SAV` (:class:`~savlens.estimator.Estimator`: ``fit``
+returns self; ``predict``, ``predict_proba``, ``score``; ``get_params`` / ``set_params`` / ``repr`` from the
+signature) and refuse features made otherwise than the training features, as the SAV does.
 """
 
 import dataclasses
 from collections.abc import Hashable, Iterable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import einops
 import torch
@@ -20,38 +21,31 @@ from jaxtyping import Float
 from torch import Tensor
 
 from savlens.cache import HeadFeatures
-from savlens.errors import ArgumentError, LabelError, LoadError, NotFittedError
+from savlens.errors import ArgumentError, LabelError, LoadError
+from savlens.estimator import Estimator
 from savlens.heads import Head, HeadScores, HeadSet
-from savlens.sav import SAV, Votes
-from savlens.scoring import EPS, Scorer, encode_labels, normalize_label, resolve_labels
+from savlens.sav import SAV
+from savlens.scoring import EPS, Criterion, encode_labels, normalize_label, resolve_labels
 from savlens.threads import _check_threads, limit_threads
+from savlens.voting import Votes
 
 HeadsArg = HeadSet | Iterable[Head | str | tuple[int, int]] | None
 
 
-class _OnSelectedHeads:
-    """Shared plumbing: choose heads (or take given ones), then classify their concatenated vectors."""
+class _OnSelectedHeads(Estimator):
+    """Shared plumbing: choose heads (or take given ones), then classify their concatenated vectors.
 
-    _what = "classifier"
+    Subclasses take ``heads``, ``k``, ``criterion``, ``mode`` and ``seed`` (stored under those names)."""
 
-    def __init__(
-        self,
-        heads: HeadsArg = None,
-        *,
-        k: int = 20,
-        scorer: str | Scorer = "centroid",
-        mode: str | None = None,
-        seed: int = 0,
-    ) -> None:
-        self.heads = heads
-        self.k = k
-        self.scorer = scorer
-        self.mode = mode
-        self.seed = seed
+    heads: HeadsArg
+    k: int
+    criterion: "str | Criterion"
+    mode: str | None
+    seed: int
 
     def _select(self, features: HeadFeatures, labels: Sequence[Hashable] | None) -> list[Hashable]:
-        labels = resolve_labels(features, labels, f"{self._what}.fit")
-        sav = SAV(self.k, self.scorer, self.mode, self.seed)
+        labels = resolve_labels(features, labels, f"{type(self).__name__}.fit")
+        sav = SAV(self.k, self.criterion, self.mode, self.seed)
         if self.heads is None:
             sav.fit(features, labels)
         else:
@@ -62,10 +56,8 @@ class _OnSelectedHeads:
         self.classes_: tuple[Hashable, ...] = sav.classes_
         return labels
 
-    def _matrix(self, features: HeadFeatures, normalize_heads: bool = False) -> Tensor:
-        if not hasattr(self, "sav_"):
-            raise NotFittedError(f"{self._what}: not fitted yet; call fit(features) first.")
-        x = self.sav_.head_vectors(features)  # checks model / hook / grid
+    def _matrix(self, features: HeadFeatures, what: str, normalize_heads: bool = False) -> Tensor:
+        x = self.sav_._head_vectors(features, f"{type(self).__name__}.{what}")  # checks how they were made
         if normalize_heads:
             x = x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(EPS)
         return einops.rearrange(x, "example k d_head -> example (k d_head)")
@@ -75,6 +67,7 @@ class _OnSelectedHeads:
 
     def predict(self, features: HeadFeatures) -> list[Hashable]:
         """Return the predicted label of each example."""
+        self._check_fitted(f"{type(self).__name__}.predict")
         return [self.classes_[i] for i in self._winners(features).tolist()]
 
     def _winners(self, features: HeadFeatures) -> Tensor:
@@ -82,14 +75,15 @@ class _OnSelectedHeads:
 
     def score(self, features: HeadFeatures, labels: Sequence[Hashable] | None = None) -> float:
         """Return the accuracy of :meth:`predict` on labelled features."""
-        truth = [normalize_label(v) for v in resolve_labels(features, labels, f"{self._what}.score")]
+        self._check_fitted(f"{type(self).__name__}.score")
+        truth = [normalize_label(v) for v in resolve_labels(features, labels, f"{type(self).__name__}.score")]
         return sum(p == t for p, t in zip(self.predict(features), truth)) / len(truth)
 
 
 class HeadKNN(_OnSelectedHeads):
     """k-nearest-neighbour classifier (cosine) on the selected heads' concatenated vectors (Table 3a).
 
-    Heads are chosen as :class:`~savlens.sav.SAV` chooses them (``k``, ``scorer``, ``mode``, ``seed``) unless
+    Heads are chosen as :class:`~savlens.sav.SAV` chooses them (``k``, ``criterion``, ``mode``, ``seed``) unless
     ``heads`` is given. A query's ``n_neighbors`` most cosine-similar training examples vote; among classes tied
     on votes, the one with the highest summed similarity of its neighbours wins (then the first class).
 
@@ -101,7 +95,7 @@ class HeadKNN(_OnSelectedHeads):
         1.0
     """
 
-    _what = "HeadKNN"
+    _fitted_attr: ClassVar[str] = "train_"
 
     def __init__(
         self,
@@ -109,12 +103,16 @@ class HeadKNN(_OnSelectedHeads):
         *,
         k: int = 20,
         n_neighbors: int = 5,
-        scorer: str | Scorer = "centroid",
+        criterion: str | Criterion = "centroid",
         mode: str | None = None,
         seed: int = 0,
     ) -> None:
-        super().__init__(heads, k=k, scorer=scorer, mode=mode, seed=seed)
+        self.heads = heads
+        self.k = k
         self.n_neighbors = n_neighbors
+        self.criterion = criterion
+        self.mode = mode
+        self.seed = seed
 
     def fit(self, features: HeadFeatures, labels: Sequence[Hashable] | None = None) -> "HeadKNN":
         """Select heads and store the training examples' unit-normalised concatenated vectors."""
@@ -126,13 +124,13 @@ class HeadKNN(_OnSelectedHeads):
             or not 1 <= self.n_neighbors <= n
         ):
             raise ArgumentError(f"HeadKNN.fit: n_neighbors must be an int between 1 and the {n} training examples.")
-        x = self._matrix(features)
+        x = self._matrix(features, "fit")
         self.train_ = x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(EPS)
         self.codes_ = encode_labels(labels, what="HeadKNN.fit").codes
         return self
 
     def _neighbour_votes(self, features: HeadFeatures) -> tuple[Tensor, Tensor]:
-        x = self._matrix(features)
+        x = self._matrix(features, "predict")
         x = x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(EPS)
         sim, idx = (x @ self.train_.T).topk(self.n_neighbors, dim=-1)
         onehot = F.one_hot(self.codes_[idx], len(self.classes_))
@@ -140,6 +138,7 @@ class HeadKNN(_OnSelectedHeads):
 
     def predict_proba(self, features: HeadFeatures) -> Float[Tensor, "example class"]:
         """Return neighbour vote shares, columns in ``classes_`` order."""
+        self._check_fitted("HeadKNN.predict_proba")
         counts, _ = self._neighbour_votes(features)
         return counts.double() / self.n_neighbors
 
@@ -179,7 +178,7 @@ class HeadLinearProbe(_OnSelectedHeads):
         1.0
     """
 
-    _what = "HeadLinearProbe"
+    _fitted_attr: ClassVar[str] = "model_"
 
     def __init__(
         self,
@@ -189,15 +188,19 @@ class HeadLinearProbe(_OnSelectedHeads):
         C: float = 1.0,
         max_iter: int = 1000,
         normalize: bool = True,
-        scorer: str | Scorer = "centroid",
+        criterion: str | Criterion = "centroid",
         mode: str | None = None,
         seed: int = 0,
         n_threads: int | None = 1,
     ) -> None:
-        super().__init__(heads, k=k, scorer=scorer, mode=mode, seed=seed)
+        self.heads = heads
+        self.k = k
         self.C = C
         self.max_iter = max_iter
         self.normalize = normalize
+        self.criterion = criterion
+        self.mode = mode
+        self.seed = seed
         self.n_threads = n_threads
 
     def fit(self, features: HeadFeatures, labels: Sequence[Hashable] | None = None) -> "HeadLinearProbe":
@@ -207,16 +210,17 @@ class HeadLinearProbe(_OnSelectedHeads):
         with limit_threads(threads):
             labels = self._select(features, labels)
             codes = encode_labels(labels, what="HeadLinearProbe.fit").codes
-            x = self._matrix(features, self.normalize).double().numpy()
-            self.model_ = logistic_regression(C=self.C, max_iter=self.max_iter, random_state=self.seed)
-            self.model_.fit(x, codes.numpy())
+            x = self._matrix(features, "fit", self.normalize).double().numpy()
+            model = logistic_regression(C=self.C, max_iter=self.max_iter, random_state=self.seed)
+            self.model_ = model.fit(x, codes.numpy())
         return self
 
     def predict_proba(self, features: HeadFeatures) -> Float[Tensor, "example class"]:
         """Return the probe's class probabilities, columns in ``classes_`` order."""
+        self._check_fitted("HeadLinearProbe.predict_proba")
         threads = _check_threads(self.n_threads, "HeadLinearProbe", "n_threads")
         with limit_threads(threads):
-            x = self._matrix(features, self.normalize).double().numpy()
+            x = self._matrix(features, "predict", self.normalize).double().numpy()
             return torch.from_numpy(self.model_.predict_proba(x)).double()
 
 
@@ -235,59 +239,61 @@ def layer_features(features: HeadFeatures) -> HeadFeatures:
     return dataclasses.replace(features, z=z, hook=f"{features.hook}#layer", meta={**features.meta, "unit": "layer"})
 
 
-class SparseLayers:
-    """Sparse layers instead of sparse heads (Table 3b): the ``k`` best layers vote, as SAV heads do.
+class SparseLayers(Estimator):
+    """Sparse layers instead of sparse heads (Table 3b): the ``k_layers`` best layers vote, as SAV heads do.
 
     A layer's concatenated heads are one unit (:func:`layer_features`); units are scored by nearest-centroid
-    accuracy (``mode`` as in :func:`~savlens.scoring.centroid_accuracy`) and the ``k`` best vote with the
-    SAV's tie-breaking. Attributes after fit: ``layers_`` (best first), ``scores_`` (``layer x 1``),
+    accuracy (``mode`` as in :func:`~savlens.scoring.centroid_accuracy`) and the ``k_layers`` best vote with
+    the SAV's tie-breaking. Attributes after fit: ``layers_`` (best first), ``scores_`` (``layer x 1``),
     ``classes_``, ``sav_`` (the SAV over layer units).
 
     Example:
         >>> z = torch.randn(20, 3, 2, 4, generator=torch.Generator().manual_seed(0))
         >>> z[:10, 1, :, 0] += 5; z[10:, 1, :, 1] += 5
         >>> f = HeadFeatures(z, labels=[0] * 10 + [1] * 10)
-        >>> SparseLayers(k=1).fit(f).layers_
+        >>> SparseLayers(k_layers=1).fit(f).layers_
         (1,)
     """
 
+    _fitted_attr: ClassVar[str] = "sav_"
+
     def __init__(
-        self, k: int = 3, *, mode: str | None = None, seed: int = 0, reference: bool = False, n_folds: int = 5
-    ):
-        self.k = k
+        self, k_layers: int = 3, *, mode: str | None = None, seed: int = 0, reference: bool = False, n_folds: int = 5
+    ) -> None:
+        self.k_layers = k_layers
         self.mode = mode
         self.seed = seed
         self.reference = reference
         self.n_folds = n_folds
 
     def fit(self, features: HeadFeatures, labels: Sequence[Hashable] | None = None) -> "SparseLayers":
-        """Score every layer, keep the ``k`` best and store their class centroids."""
+        """Score every layer, keep the ``k_layers`` best and store their class centroids."""
         if labels is None and features.labels is None:
             raise LabelError("SparseLayers.fit: no labels; pass labels=... or features with labels attached.")
-        sav = SAV(self.k, "centroid", self.mode, self.seed, self.reference, n_folds=self.n_folds)
-        self.sav_ = sav.fit(layer_features(features), labels)
+        sav = SAV(self.k_layers, "centroid", self.mode, self.seed, self.reference, n_folds=self.n_folds)
+        sav.fit(layer_features(features), labels)
         self.layers_: tuple[int, ...] = tuple(h.layer for h in sav.heads_)
         self.scores_ = sav.scores_
         self.classes_ = sav.classes_
+        self.sav_ = sav
         return self
 
-    def _check(self) -> SAV:
-        if not hasattr(self, "sav_"):
-            raise NotFittedError("SparseLayers: not fitted yet; call fit(features) first.")
+    def _check(self, what: str) -> SAV:
+        self._check_fitted(f"SparseLayers.{what}")
         return self.sav_
 
     def votes(self, features: HeadFeatures) -> Votes:
         """Return the selected layers' votes (``heads`` are ``L{layer}H0``)."""
-        return self._check().votes(layer_features(features))
+        return self._check("votes").votes(layer_features(features))
 
     def predict(self, features: HeadFeatures) -> list[Hashable]:
         """Return the voted label of each example."""
-        return self._check().predict(layer_features(features))
+        return self._check("predict").predict(layer_features(features))
 
     def predict_proba(self, features: HeadFeatures) -> Float[Tensor, "example class"]:
         """Return vote shares, columns in ``classes_`` order."""
-        return self._check().predict_proba(layer_features(features))
+        return self._check("predict_proba").predict_proba(layer_features(features))
 
     def score(self, features: HeadFeatures, labels: Sequence[Hashable] | None = None) -> float:
         """Return the accuracy of :meth:`predict` on labelled features."""
-        return self._check().score(layer_features(features), labels)
+        return self._check("score").score(layer_features(features), labels)

@@ -108,8 +108,11 @@ class TraceStateError(SavlensError, RuntimeError):
     page = "trace-state-error"
 
 
-class NotFittedError(SavlensError, ValueError):
-    """An estimator (SAV, HeadKNN, HeadLinearProbe, SparseLayers) used before `fit`."""
+class NotFittedError(SavlensError, ValueError, AttributeError):
+    """An estimator (SAV, HeadKNN, HeadLinearProbe, SparseLayers) used before `fit`.
+
+    Also an ``AttributeError``, as scikit-learn's ``NotFittedError`` is: ``hasattr(estimator, "heads_")`` is
+    False before ``fit``."""
 
     page = "not-fitted-error"
 

@@ -27,7 +27,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from savlens.cache import HeadFeatures
+from savlens.cache import HeadFeatures, describe_features
 from savlens.errors import ArgumentError, FeatureError, SavlensError, StoreError
 from savlens.store import load_shards, provenance
 
@@ -136,15 +136,7 @@ class StoredFeatures:
 
     def describe(self) -> dict[str, Any]:
         """Return the provenance fields (no tensors), as :meth:`HeadFeatures.describe`."""
-        return {
-            "model_id": self.model_id,
-            "hook": self.hook,
-            "positions": self.positions,
-            "prompt_template": self.prompt_template,
-            "layers": list(self.layers),
-            "n_heads": self.n_heads,
-            "d_head": self.d_head,
-        }
+        return describe_features(self)
 
     # reading ----------------------------------------------------------------------------------------
     def rows(self, start: int, stop: int, heads: slice | None = None) -> Float[Tensor, "example head d_head"]:

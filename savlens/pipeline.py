@@ -1,48 +1,50 @@
-"""The seam between the model side and the tensors-only estimators: turn ``(model, examples)`` into features.
+"""The seam between the model side and the tensors-only estimators: extract a model's features for an estimator.
 
-Estimators (:class:`savlens.SAV` and friends) take :class:`HeadFeatures`; they also accept a model and examples,
-which this module extracts (one batched pass per example, reading only the layers needed).
+Estimators (:class:`savlens.SAV` and friends) fit and predict on features only. :meth:`SAV.fit_model` and
+:meth:`SAV.extract` run a model through this module (one batched pass per example, reading only the layers
+needed); the features carry how they were made (:meth:`HeadFeatures.describe`), which the estimator records
+and checks.
 """
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from savlens.cache import HeadFeatures
 from savlens.errors import ArgumentError, FeatureError, InputError
 
-#: options of :func:`savlens.extract` an estimator remembers from fit time and reuses at predict time
+#: options of :func:`savlens.extract` that define the features (recorded in their provenance)
 EXTRACT_OPTIONS = ("positions", "prompt_template", "chat", "system_prompt", "dtype")
-#: options that only change speed, not the features
+#: options that only change how the extraction runs, not the features
 RUN_OPTIONS = ("batch_size", "progress", "store")
 
 
 def is_model(obj: Any) -> bool:
+    """Return True for a :class:`savlens.Model`."""
     from savlens.loading import Model
 
     return isinstance(obj, Model)
 
 
-def as_features(
-    data: Any,
-    labels_or_examples: Any,
+def extract_for(
+    model: Any,
+    examples: Any,
     *,
     layers: Sequence[int] | None = None,
     options: dict[str, Any] | None = None,
     what: str,
-) -> tuple[HeadFeatures, Sequence[Hashable] | None]:
-    """Return ``(features, labels)`` from either ``(HeadFeatures, labels)`` or ``(Model, examples)``.
+) -> HeadFeatures:
+    """Return the ``blocks.{layers}.attn.hook_z`` features of ``examples`` (all layers when None) run through ``model``.
 
-    With a model, the examples are extracted at ``blocks.{layers}.attn.hook_z`` (all layers when None), and
-    labels come from the examples.
+    Raises:
+        FeatureError: ``model`` is not a :class:`savlens.Model`.
+        InputError: no examples.
+        ArgumentError: options :func:`savlens.extract` does not take here.
     """
-    if isinstance(data, HeadFeatures):
-        return data, labels_or_examples
-    if not is_model(data):
+    if not is_model(model):
         raise FeatureError(
-            f"{what}: expected HeadFeatures (from savlens.extract) or a savlens.Model with examples; "
-            f"got {type(data).__name__}."
+            f"{what}: expected a savlens.Model (from savlens.load or savlens.wrap); got {type(model).__name__}."
         )
-    if labels_or_examples is None:
+    if examples is None:
         raise InputError(f"{what}(model, examples): give the examples to run the model on.")
     from savlens.extraction import extract
 
@@ -54,10 +56,4 @@ def as_features(
         )
     names = "blocks.*.attn.hook_z" if layers is None else "blocks.{" + ",".join(map(str, layers)) + "}.attn.hook_z"
     opts.setdefault("progress", False)
-    feats = extract(data, labels_or_examples, names, **opts)
-    return feats, None
-
-
-def remembered(options: dict[str, Any]) -> dict[str, Any]:
-    """Return the options that define the features (kept by an estimator from its fit)."""
-    return {k: v for k, v in options.items() if k in EXTRACT_OPTIONS}
+    return extract(model, examples, names, **opts)

@@ -1,7 +1,7 @@
 """Head selection criteria: per-head scores computed on labelled :class:`~savlens.cache.HeadFeatures`.
 
 A criterion is any function ``(features, labels) -> HeadScores`` (extra keyword arguments such as ``mode``
-and ``seed`` are optional). Register one with :func:`register_scorer` to use it by name in
+and ``seed`` are optional). Register one with :func:`register_criterion` to use it by name in
 :class:`savlens.sav.SAV`; see docs/criteria.md. Shipped criteria, all written through that extension point:
 
 - ``"centroid"`` (:func:`centroid_accuracy`): nearest-class-centroid accuracy with cosine similarity, the
@@ -193,68 +193,68 @@ def stratified_folds(
 
 # registry --------------------------------------------------------------------------------------------
 
-Scorer = Callable[..., HeadScores]
-_SCORERS: dict[str, Scorer] = {}
+Criterion = Callable[..., HeadScores]
+_CRITERIA: dict[str, Criterion] = {}
 
 
-def register_scorer(name: str, *, replace: bool = False) -> Callable[[Scorer], Scorer]:
+def register_criterion(name: str, *, replace: bool = False) -> Callable[[Criterion], Criterion]:
     """Register a head-selection criterion under ``name`` (a decorator).
 
     The function takes ``(features, labels)`` and returns :class:`HeadScores` (higher is better); it may also
     accept keyword arguments ``mode``, ``seed``, ``n_folds`` that :class:`~savlens.sav.SAV` then passes on.
 
     Example:
-        >>> @register_scorer("mean_norm", replace=True)
+        >>> @register_criterion("mean_norm", replace=True)
         ... def mean_norm(features, labels=None):
         ...     return HeadScores(features.z.norm(dim=-1).mean(0), "mean_norm", layers=features.layers)
-        >>> get_scorer("mean_norm") is mean_norm
+        >>> get_criterion("mean_norm") is mean_norm
         True
     """
 
-    def decorate(fn: Scorer) -> Scorer:
+    def decorate(fn: Criterion) -> Criterion:
         if not callable(fn):
-            raise ArgumentError(f"register_scorer({name!r}) decorates a function; got {fn!r}.")
-        if name in _SCORERS and _SCORERS[name] is not fn and not replace:
+            raise ArgumentError(f"register_criterion({name!r}) decorates a function; got {fn!r}.")
+        if name in _CRITERIA and _CRITERIA[name] is not fn and not replace:
             raise ArgumentError(
-                f"a criterion named {name!r} is already registered ({_SCORERS[name].__qualname__}); "
+                f"a criterion named {name!r} is already registered ({_CRITERIA[name].__qualname__}); "
                 "pass replace=True to override it."
             )
-        _SCORERS[name] = fn
+        _CRITERIA[name] = fn
         return fn
 
     return decorate
 
 
-def get_scorer(scorer: str | Scorer) -> Scorer:
-    """Return the criterion registered under ``scorer`` (a callable is returned as is)."""
-    if callable(scorer):
-        return scorer
+def get_criterion(criterion: str | Criterion) -> Criterion:
+    """Return the criterion registered under ``criterion`` (a callable is returned as is)."""
+    if callable(criterion):
+        return criterion
     try:
-        return _SCORERS[scorer]
+        return _CRITERIA[criterion]
     except KeyError:
         raise ArgumentError(
-            f"no criterion is registered as {scorer!r}; registered: {', '.join(sorted(_SCORERS))}. "
-            "Register one with @savlens.scoring.register_scorer(name)."
+            f"no criterion is registered as {criterion!r}; registered: {', '.join(sorted(_CRITERIA))}. "
+            "Register one with @savlens.scoring.register_criterion(name)."
         ) from None
 
 
-def available_scorers() -> tuple[str, ...]:
+def available_criteria() -> tuple[str, ...]:
     """Return the registered criterion names, sorted."""
-    return tuple(sorted(_SCORERS))
+    return tuple(sorted(_CRITERIA))
 
 
-def scorer_name(scorer: str | Scorer) -> str:
-    """Return the registered name of ``scorer``, or ``module.qualname`` for an unregistered function."""
-    if isinstance(scorer, str):
-        return scorer
-    for name, fn in _SCORERS.items():
-        if fn is scorer:
+def criterion_name(criterion: str | Criterion) -> str:
+    """Return the registered name of ``criterion``, or ``module.qualname`` for an unregistered function."""
+    if isinstance(criterion, str):
+        return criterion
+    for name, fn in _CRITERIA.items():
+        if fn is criterion:
             return name
-    return f"{getattr(scorer, '__module__', '?')}.{getattr(scorer, '__qualname__', repr(scorer))}"
+    return f"{getattr(criterion, '__module__', '?')}.{getattr(criterion, '__qualname__', repr(criterion))}"
 
 
-def run_scorer(
-    scorer: str | Scorer,
+def run_criterion(
+    criterion: str | Criterion,
     features: "HeadFeatures | StoredFeatures",
     labels: Sequence[Hashable] | None = None,
     *,
@@ -268,8 +268,8 @@ def run_scorer(
             than :class:`HeadScores`.
         FeatureError: the criterion's scores do not cover the features' ``layer head_index`` grid.
     """
-    fn = get_scorer(scorer)
-    name = scorer_name(scorer)
+    fn = get_criterion(criterion)
+    name = criterion_name(criterion)
     params = inspect.signature(fn).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     kwargs = {k: v for k, v in options.items() if v is not None and (takes_any or k in params)}
@@ -485,7 +485,7 @@ def _correct_reference(z: Tensor, codes: Tensor, n_classes: int, chunk_elems: in
     return correct
 
 
-@register_scorer("centroid")
+@register_criterion("centroid")
 def centroid_accuracy(
     features: "HeadFeatures | StoredFeatures",
     labels: Sequence[Hashable] | None = None,
@@ -604,7 +604,7 @@ def _ridge_kfold_correct(a: Tensor, y: Tensor, codes: Tensor, folds: Tensor, alp
     return correct
 
 
-@register_scorer("probe")
+@register_criterion("probe")
 def probe_accuracy(
     features: "HeadFeatures | StoredFeatures",
     labels: Sequence[Hashable] | None = None,
@@ -663,7 +663,7 @@ def probe_accuracy(
 # Fisher ratio ----------------------------------------------------------------------------------------
 
 
-@register_scorer("fisher")
+@register_criterion("fisher")
 def fisher_ratio(
     features: "HeadFeatures | StoredFeatures", labels: Sequence[Hashable] | None = None, *, normalize: bool = True
 ) -> HeadScores:

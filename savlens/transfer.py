@@ -16,12 +16,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from savlens.cache import HeadFeatures
+from savlens.cache import PROMPT_FIELDS, HeadFeatures
 from savlens.compare import jaccard, spearman
-from savlens.errors import ArgumentError
+from savlens.errors import ArgumentError, FeatureError
 from savlens.heads import HeadScores, HeadSet
 from savlens.sav import SAV
-from savlens.scoring import Scorer
+from savlens.scoring import Criterion
 
 
 @dataclass(frozen=True)
@@ -250,11 +250,22 @@ def _check_baselines(baselines: Sequence[str] | str, n_random: int) -> tuple[str
     return tuple(b for b in BASELINES if b in names)
 
 
+def _check_same_prompt(name: str, split: TaskSplit) -> None:
+    """Refuse a task whose test features were rendered otherwise than its training features (template, chat)."""
+    train, test = split.train.describe(), split.test.describe()
+    diff = [f"{k}: train {train[k]!r}, test {test[k]!r}" for k in PROMPT_FIELDS if train[k] != test[k]]
+    if diff:
+        raise FeatureError(
+            f"transfer_matrix: task {name!r} has test features made otherwise than its training features "
+            f"({'; '.join(diff)}); extract both with the same prompt template, chat and system prompt."
+        )
+
+
 def transfer_matrix(
     tasks: Mapping[str, TaskSplit | tuple[HeadFeatures, HeadFeatures]],
     *,
     k: int = 20,
-    scorer: str | Scorer = "centroid",
+    criterion: str | Criterion = "centroid",
     mode: str | None = None,
     seed: int = 0,
     reference: bool = False,
@@ -265,8 +276,8 @@ def transfer_matrix(
 
     Heads of task ``a`` come from an SAV fitted on ``a``'s training features; for target ``b`` their class
     centroids are fitted on ``b``'s training features (:meth:`SAV.fit_heads`) and accuracy measured on
-    ``b``'s test features. All features must come from the same model, hook, positions and grid (prompt
-    templates may differ between tasks).
+    ``b``'s test features. All features must come from the same model, hook, positions and grid; the prompt
+    (template, chat, system prompt) may differ between tasks but not between a task's training and test features.
 
     Baselines (``TransferMatrix.baselines``, one accuracy per column task ``b``):
 
@@ -281,7 +292,7 @@ def transfer_matrix(
     Args:
         tasks: task name -> :class:`TaskSplit` (or a ``(train, test)`` pair), all labelled.
         k: heads per task (and per random draw).
-        scorer: criterion (see :mod:`savlens.scoring`).
+        criterion: the head-selection criterion (a registered name or a function; see :mod:`savlens.scoring`).
         mode: scoring mode (None: the criterion's default).
         seed: fold and tie-break seed, and the seed of the random draws.
         reference: use reference-mode SAVs.
@@ -308,14 +319,15 @@ def transfer_matrix(
     for name, split in splits.items():
         for part, feats in (("train", split.train), ("test", split.test)):
             first.check_compatible(feats, f"the features of task {names[0]!r} and task {name!r} ({part})")
-    savs = {t: SAV(k, scorer, mode, seed, reference).fit(splits[t].train) for t in names}
+        _check_same_prompt(name, split)
+    def make(n_heads: int = k) -> SAV:
+        return SAV(n_heads, criterion, mode, seed, reference)
+
+    savs = {t: make().fit(splits[t].train) for t in names}
     acc = torch.zeros(len(names), len(names), dtype=torch.float64)
     for i, source in enumerate(names):
         for j, target in enumerate(names):
-            if i == j:
-                sav = savs[source]
-            else:
-                sav = SAV(k, scorer, mode, seed, reference).fit_heads(splits[target].train, heads=savs[source].heads_)
+            sav = savs[source] if i == j else make().fit_heads(splits[target].train, heads=savs[source].heads_)
             acc[i, j] = sav.score(splits[target].test)
     scores = {t: s.scores_ for t, s in savs.items() if s.scores_ is not None}
     rows: dict[str, Tensor] = {}
@@ -331,12 +343,12 @@ def transfer_matrix(
             for _ in range(n_random):
                 flat = rng.choice(n_all, size=k, replace=False).tolist()
                 heads = HeadSet([(layers[f // n_heads], f % n_heads) for f in flat])
-                sav = SAV(k, scorer, mode, seed, reference).fit_heads(s.train, heads=heads)
+                sav = make().fit_heads(s.train, heads=heads)
                 random_heads[target].append(heads)
                 random_accuracy[target].append(sav.score(s.test))
         rows["random"] = torch.tensor([float(np.mean(random_accuracy[t])) for t in names], dtype=torch.float64)
     if "all" in chosen:
-        every = [SAV(n_all, scorer, mode, seed, reference).fit(splits[t].train).score(splits[t].test) for t in names]
+        every = [make(n_all).fit(splits[t].train).score(splits[t].test) for t in names]
         rows["all"] = torch.tensor(every, dtype=torch.float64)
     return TransferMatrix(
         names,

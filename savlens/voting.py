@@ -16,7 +16,8 @@ A rule is any function ``(context: VoteContext, **params) -> Tensor`` returning 
   head is right when it votes ``c`` (or right at all, ``per_class=False``), estimated on the shots with
   **leave-one-out** centroids so a shot never grades a head with a centroid it is part of.
 
-The rules see only the shots (:class:`VoteContext`), never the test examples.
+The rules see only the shots (:class:`VoteContext`), never the test examples. What the heads did on test
+examples is a :class:`Votes`.
 """
 
 import inspect
@@ -36,6 +37,7 @@ from savlens.scoring import EPS
 
 __all__ = [
     "VoteContext",
+    "Votes",
     "VotingRule",
     "available_votings",
     "get_voting",
@@ -82,6 +84,69 @@ class VoteContext:
     def correct(self) -> Tensor:
         """``example k`` bool: whether each head's leave-one-out vote on each shot is the shot's class."""
         return self.votes == self.codes[:, None]
+
+
+@dataclass(eq=False)
+class Votes:
+    """The votes of an SAV's heads on a set of examples (what :meth:`savlens.SAV.votes` returns).
+
+    Attributes:
+        heads: the voting heads, best-ranked first (the ``k`` axis).
+        classes: the class labels (the ``class`` axis).
+        votes: ``example k`` index of the class each head votes for (its nearest centroid).
+        counts: ``example class`` number of votes per class; each row sums to ``k``.
+        similarity: ``example k class`` cosine similarity of each head's vector to each class centroid.
+        winners: ``example`` index of the winning class after tie-breaking.
+        tally: ``example class`` weighted vote tally of a weighted voting rule; None under the majority vote,
+            whose tally is ``counts``.
+    """
+
+    heads: HeadSet
+    classes: tuple[Hashable, ...]
+    votes: Int[Tensor, "example k"]
+    counts: Int[Tensor, "example class"]
+    similarity: Float[Tensor, "example k class"]
+    winners: Int[Tensor, " example"]
+    tally: Float[Tensor, "example class"] | None = None
+
+    @property
+    def shares(self) -> Float[Tensor, "example class"]:
+        """Vote shares: counts / k under the majority vote, else each class's share of the weighted tally
+        (uniform where no voting head has any weight). The SAV's confidence."""
+        if self.tally is None:
+            return self.counts.double() / self.votes.shape[1]
+        total = self.tally.sum(dim=-1, keepdim=True)
+        uniform = torch.full_like(self.tally, 1.0 / self.tally.shape[-1])
+        return torch.where(total > 0, self.tally / total.clamp_min(1e-300), uniform)
+
+    def labels(self) -> list[Hashable]:
+        """Return the winning label of each example."""
+        return [self.classes[i] for i in self.winners.tolist()]
+
+    def of_example(self, i: int) -> dict[str, Hashable]:
+        """Return ``{"L14H3": label, ...}``: what each head voted for on example ``i``, in rank order."""
+        return {str(h): self.classes[c] for h, c in zip(self.heads, self.votes[i].tolist())}
+
+    def _repr_html_(self) -> str:
+        """Render the votes in a notebook: each head's vote and similarities per example (:mod:`savlens.report`)."""
+        from savlens.report import votes_html
+
+        return votes_html(self, full=False)
+
+    @staticmethod
+    def concat(parts: "list[Votes]") -> "Votes":
+        """Concatenate the votes of consecutive blocks of examples (same heads and classes)."""
+        first = parts[0]
+        tally = None if first.tally is None else torch.cat([p.tally for p in parts if p.tally is not None])
+        return Votes(
+            first.heads,
+            first.classes,
+            votes=torch.cat([p.votes for p in parts]),
+            counts=torch.cat([p.counts for p in parts]),
+            similarity=torch.cat([p.similarity for p in parts]),
+            winners=torch.cat([p.winners for p in parts]),
+            tally=tally,
+        )
 
 
 VotingRule = Callable[..., Tensor]

@@ -559,11 +559,53 @@ def _(env: Env) -> Call:
     return Call(lambda: HeadFeatures(torch.empty(4, 3, 4, 16, device="meta")))
 
 
-@bad("predict on features of another grid", FeatureError, r"d_head: 16 vs 8", r"Extract them with the same model")
+@bad(
+    "predict on features of another grid",
+    FeatureError,
+    r"d_head: fitted on 16, these features have 8",
+    r"Extract them with the same model",
+)
 def _(env: Env) -> Call:
     sav = SAV(k=2).fit(_features())
     other = HeadFeatures(torch.randn(3, 3, 4, 8))
     return Call(lambda: sav.predict(other), state=lambda: sav.centroids_.clone().numpy().tobytes())
+
+
+@bad(
+    "predict on features rendered without the chat template the SAV was fitted with",
+    FeatureError,
+    r"chat: fitted on True, these features have False",
+    r"Extract them with the same model, hook, positions, prompt template and chat settings",
+)
+def _(env: Env) -> Call:
+    sav = SAV(k=2).fit(_features(meta={"chat": True, "system_prompt": None}))
+    raw = _features(meta={"chat": False, "system_prompt": None})
+    return Call(lambda: sav.predict(raw), state=lambda: sav.centroids_.clone().numpy().tobytes())
+
+
+@bad(
+    "predict on features rendered with another system prompt",
+    FeatureError,
+    r"system_prompt: fitted on None, these features have 'Be brief.'",
+    r"SAV.extract\(model, examples\) does",
+)
+def _(env: Env) -> Call:
+    sav = SAV(k=2).fit(_features(meta={"chat": True, "system_prompt": None}))
+    other = _features(meta={"chat": True, "system_prompt": "Be brief."})
+    return Call(lambda: sav.score(other), state=lambda: sav.centroids_.clone().numpy().tobytes())
+
+
+@bad(
+    "SAV.fit given a model instead of features",
+    FeatureError,
+    r"SAV.fit takes features, not a model",
+    r"use SAV\(...\).fit_model\(model, examples",
+)
+def _(env: Env) -> Call:
+    env.untyped()
+    tm = build_tiny("llama")
+    model = savlens.wrap(tm.model, tm.processor)
+    return Call(lambda: SAV(k=2).fit(model, _text_examples()), models=(model,))
 
 
 # ---- models and processors -----------------------------------------------------------------------------------
@@ -847,10 +889,10 @@ def _(env: Env) -> Call:
     "a criterion name that is not registered",
     ArgumentError,
     r"no criterion is registered as 'centroids'; registered: .*centroid",
-    r"Register one with @savlens\.scoring\.register_scorer",
+    r"Register one with @savlens\.scoring\.register_criterion",
 )
 def _(env: Env) -> Call:
-    return Call(lambda: SAV(k=2, scorer="centroids").fit(_features()))
+    return Call(lambda: SAV(k=2, criterion="centroids").fit(_features()))
 
 
 @bad(

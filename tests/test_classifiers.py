@@ -85,7 +85,7 @@ def test_classifier_errors() -> None:
     with pytest.raises(SavlensError, match="n_neighbors must be an int between 1 and the 40 training examples"):
         HeadKNN(k=3, n_neighbors=41).fit(train)
     knn = HeadKNN(k=3).fit(train)
-    with pytest.raises(FeatureError, match="model_id: 'm' vs 'other'"):
+    with pytest.raises(FeatureError, match="HeadKNN.predict: .*model_id: fitted on 'm', these features have 'other'"):
         knn.predict(dataclasses.replace(test, model_id="other"))
     with pytest.raises(SavlensError, match="not fitted yet"):
         HeadKNN().predict(test)
@@ -103,13 +103,13 @@ def test_layer_features_concatenate_heads() -> None:
 def test_sparse_layers_find_the_informative_layer() -> None:
     informative = tuple((2, h) for h in range(4))  # every head of layer 2
     train, test = split(informative=informative, signal=6.0)
-    sparse = SparseLayers(k=1).fit(train)
+    sparse = SparseLayers(k_layers=1).fit(train)
     assert sparse.layers_ == (2,)
     assert sparse.score(test) == 1.0
     assert sparse.scores_ is not None and sparse.scores_.scores.shape == (4, 1)
     votes = sparse.votes(test)
     assert [str(h) for h in votes.heads] == ["L2H0"]
-    three = SparseLayers(k=3, mode="kfold").fit(train)
+    three = SparseLayers(k_layers=3, mode="kfold").fit(train)
     assert three.layers_[0] == 2 and len(three.layers_) == 3
     assert torch.allclose(three.predict_proba(test).sum(-1), torch.ones(len(test), dtype=torch.float64))
     with pytest.raises(FeatureError, match="model_id"):

@@ -132,6 +132,47 @@ def test_predict_and_eval_on_an_examples_file_use_the_saved_prompt_settings(
     assert code == 0 and "accuracy" in out
 
 
+def test_predict_extracts_as_the_sav_was_fitted_and_refuses_stores_rendered_otherwise(
+    toy: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An SAV fitted with the Python API on raw-text features: `savlens predict` on an examples file extracts raw
+    text with its template (SAV.extract_options_), and a store rendered through the chat template is refused."""
+    import savlens.extraction
+    from savlens.cli import load_model
+    from savlens.datasets import load_examples
+
+    model = load_model(TINY)
+    train, test = load_examples(toy / "train.jsonl"), load_examples(toy / "test.jsonl")
+    opts = {"prompt_template": "say : {text}", "chat": False}
+    sav = savlens.SAV(k=4).fit(savlens.extract(model, train, progress=False, **opts))  # type: ignore[arg-type]
+    sav_dir = sav.save(tmp_path / "raw.sav")
+    expected = sav.votes(savlens.extract(model, test, progress=False, **opts))  # type: ignore[arg-type]
+    seen: list[dict[str, object]] = []
+    real = savlens.extraction.extract
+
+    def spy(*args: object, **kwargs: object) -> object:
+        seen.append({k: kwargs.get(k) for k in ("prompt_template", "chat", "system_prompt")})
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(savlens.extraction, "extract", spy)
+    monkeypatch.setattr(savlens, "extract", spy)
+    pred = run_json(capsys, "predict", sav_dir, toy / "test.jsonl", "--model", TINY)
+    assert seen == [{"prompt_template": "say : {text}", "chat": False, "system_prompt": None}]
+    assert [p["predicted"] for p in pred["predictions"]] == expected.labels()
+    assert [p["confidence"] for p in pred["predictions"]] == pytest.approx(expected.shares.max(-1).values.tolist())
+    monkeypatch.undo()
+
+    chat_store = tmp_path / "chat"
+    extract_args = ("extract", toy / "test.jsonl", "--model", TINY, "--template", "say : {text}", "--quiet")
+    assert run(capsys, *extract_args, "--out", chat_store)[0] == 0
+    for command in ("predict", "eval"):
+        code, _, err = run(capsys, command, sav_dir, chat_store)
+        assert code == 2 and "chat: fitted on False, these features have True" in err
+    # prompt options given with a store are refused, not silently ignored
+    code, _, err = run(capsys, "fit", chat_store, "--out", tmp_path / "x", "--no-chat", "--quiet")
+    assert code == 2 and "--no-chat" in err and "is a feature store" in err
+
+
 def test_fit_from_examples_and_transfer(toy: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     fit = run_json(
         capsys,
@@ -143,7 +184,7 @@ def test_fit_from_examples_and_transfer(toy: Path, capsys: pytest.CaptureFixture
         tmp_path / "a.sav",
         "--k",
         "3",
-        "--scorer",
+        "--criterion",
         "fisher",
         "--plot",
         tmp_path / "h.png",
@@ -228,7 +269,7 @@ def test_a_store_or_model_from_another_model_is_refused(
     templated = tmp_path / "templated"
     assert run(capsys, "extract", toy / "test.jsonl", "--model", TINY, "--out", templated, "--quiet")[0] == 0
     code, _, err = run(capsys, "predict", sav_dir, templated)
-    assert code == 2 and "extracted with prompt template None" in err
+    assert code == 2 and "these features were extracted with None" in err
     # resuming into a store of another extraction
     code, _, err = run(capsys, "extract", toy / "test.jsonl", "--model", TINY, "--out", other, "--quiet")
     assert code == 2 and "holds features of another extraction" in err
@@ -266,6 +307,35 @@ def test_check_model_prints_what_was_inferred(capsys: pytest.CaptureFixture[str]
     assert payload["class"] == "Gemma3ForCausalLM" and payload["spec source"] == "inferred"
     assert payload["decoder layers"] == "model.layers (3)" and payload["final norm"] == "model.norm"
     assert payload["output projection (hook_z)"] == "model.layers.{l}.self_attn.o_proj"
+
+
+def test_the_demo_reports_a_missing_scikit_learn_and_raises_every_other_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The probe row says "needs scikit-learn" only when scikit-learn is missing; any other error is raised."""
+    from savlens import demo
+    from savlens.classifiers import HeadLinearProbe
+    from savlens.cli import load_model
+    from savlens.demo import run as demo_run
+    from savlens.errors import LabelError
+
+    model = load_model(TINY)
+    task = demo.fortunes_task(["science", "food"], shots=3, n_test=2, seed=0)
+
+    def broken(self: object, *args: object, **kwargs: object) -> None:
+        raise LabelError("the probe itself failed")
+
+    with monkeypatch.context() as m:
+        m.setattr(HeadLinearProbe, "fit", broken)
+        with pytest.raises(LabelError, match="the probe itself failed"):
+            demo.run_demo(model, task, k=2, out=None, progress=False)
+        m.setattr(demo_run, "_installed", lambda module: module != "sklearn")
+        result = demo.run_demo(model, task, k=2, out=None, progress=False)
+    row = next(r for r in result.rows if r["method"].startswith("logistic probe"))
+    assert row["accuracy"] is None and row["note"] == "needs scikit-learn"
+    rows = demo.run_demo(model, task, k=2, out=None, progress=False).rows  # scikit-learn is there: a number
+    probe = next(r for r in rows if r["method"].startswith("logistic probe"))
+    assert probe["accuracy"] is not None and probe["note"] == ""
 
 
 def test_the_demo_numbers_are_computed_not_written_in(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

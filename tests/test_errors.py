@@ -129,8 +129,8 @@ def test_estimators_used_before_fit() -> None:
         savlens.SAV(k=2).predict(feats)
     with pytest.raises(NotFittedError, match="HeadKNN.*not fitted yet"):
         HeadKNN(k=2).predict(feats)
-    with pytest.raises(NotFittedError, match="SparseLayers: not fitted yet"):
-        SparseLayers(k=1).predict(feats)
+    with pytest.raises(NotFittedError, match="SparseLayers.predict: this SparseLayers is not fitted yet"):
+        SparseLayers(k_layers=1).predict(feats)
 
 
 def test_subclasses_are_still_savlens_errors() -> None:

@@ -118,9 +118,10 @@ def test_predict_refuses_other_sources_and_missing_layers() -> None:
     sav = SAV(k=3).fit(train)
     import dataclasses
 
-    with pytest.raises(FeatureError, match="model_id: 'm1' vs 'm2'"):
+    with pytest.raises(FeatureError, match="SAV.predict: .*model_id: fitted on 'm1', these features have 'm2'"):
         sav.predict(dataclasses.replace(test, model_id="m2"))
-    with pytest.raises(FeatureError, match="hook: 'blocks.\\*.attn.hook_z' vs 'blocks.\\*.hook_resid_post'"):
+    hooks = "hook: fitted on 'blocks.\\*.attn.hook_z', these features have 'blocks.\\*.hook_resid_post'"
+    with pytest.raises(FeatureError, match=hooks):
         sav.predict(dataclasses.replace(test, hook="blocks.*.hook_resid_post"))
     partial = HeadFeatures(test.z[:, [0, 1]], layers=(0, 1), model_id="m1")
     with pytest.raises(FeatureError, match=r"layers \[2, 3\] of the selected heads are not in these features"):
@@ -144,7 +145,7 @@ def test_predict_on_the_selected_layers_only() -> None:
     refit = SAV().fit_heads(
         HeadFeatures(train.z[:, rows], layers=(0, 2, 3), labels=train.labels, model_id="m1"), heads=sav.heads_
     )
-    assert refit.k == 3 and refit.scores_ is None
+    assert refit.k == 20 and len(refit.heads_) == 3 and refit.scores_ is None  # fit_heads leaves k as it was
     assert torch.allclose(refit.centroids_, sav.centroids_)
     assert torch.equal(gather_heads(only, sav.heads_), gather_heads(test, sav.heads_))
 
@@ -168,11 +169,11 @@ def test_fit_errors_name_the_problem() -> None:
     with pytest.raises(SavlensError, match="not fitted yet"):
         SAV().predict(test)
     with pytest.raises(SavlensError, match="reference=True uses the centroid criterion"):
-        SAV(k=3, reference=True, scorer="probe").fit(train)
+        SAV(k=3, reference=True, criterion="probe").fit(train)
     with pytest.raises(SavlensError, match="reference=True scores in sample; got mode='loo'"):
         SAV(k=3, reference=True, mode="loo").fit(train)
     with pytest.raises(SavlensError, match="criterion 'fisher' takes no mode"):
-        SAV(k=3, scorer="fisher", mode="loo").fit(train)
+        SAV(k=3, criterion="fisher", mode="loo").fit(train)
     sav = SAV(k=3).fit(train)
     with pytest.raises(LabelError, match=r"labels of type \['str'\] for an SAV fitted on int labels"):
         sav.score(test, ["0"] * 80)
@@ -182,10 +183,10 @@ def test_fit_errors_name_the_problem() -> None:
         sav.predict(HeadFeatures(nan_test, model_id="m1", prompt_template=test.prompt_template))
 
 
-def test_scorers_by_name_by_function_and_with_params() -> None:
+def test_criteria_by_name_by_function_and_with_params() -> None:
     train, test = split_planted()
-    assert SAV(k=3, scorer="probe", scorer_params={"alpha": 2.0}).fit(train).scores_.params["alpha"] == 2.0
-    assert SAV(k=3, scorer="fisher").fit(train).heads_.same_heads(PLANTED)
+    assert SAV(k=3, criterion="probe", criterion_params={"alpha": 2.0}).fit(train).scores_.params["alpha"] == 2.0
+    assert SAV(k=3, criterion="fisher").fit(train).heads_.same_heads(PLANTED)
     assert SAV(k=3, mode="kfold", n_folds=3).fit(train).scores_.params["n_folds"] == 3
 
     def last_layer_first(features, labels):
@@ -193,7 +194,7 @@ def test_scorers_by_name_by_function_and_with_params() -> None:
         table[-1] = 1.0
         return HeadScores(table, "last_layer_first", layers=features.layers)
 
-    sav = SAV(k=4, scorer=last_layer_first).fit(train)
+    sav = SAV(k=4, criterion=last_layer_first).fit(train)
     assert sav.heads_.layers == (3,) and sav.scores_.criterion == "last_layer_first"
     sav.set_params(k=2)
     assert sav.get_params()["k"] == 2 and "SAV(k=2" in repr(sav)
@@ -222,7 +223,7 @@ def test_save_load_round_trip(tmp_path, reference: bool) -> None:
 def test_saving_over_a_save_is_atomic_as_a_whole(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A crash between the tensor file and the manifest leaves the old save loadable and unchanged; a
     completed save leaves exactly one tensor file, the one its manifest names."""
-    import savlens.sav as sav_module
+    import savlens.sav_io as sav_module
 
     train, test = split_planted(signal=2.0)
     first, second = SAV(k=5).fit(train), SAV(k=2).fit(train)

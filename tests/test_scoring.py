@@ -13,15 +13,15 @@ from savlens.cache import HeadFeatures
 from savlens.errors import ArgumentError, FeatureError, LabelError, SavlensError
 from savlens.heads import HeadScores, HeadSet
 from savlens.scoring import (
-    _SCORERS,
-    available_scorers,
+    _CRITERIA,
+    available_criteria,
     centroid_accuracy,
     encode_labels,
     fisher_ratio,
-    get_scorer,
+    get_criterion,
     probe_accuracy,
-    register_scorer,
-    run_scorer,
+    register_criterion,
+    run_criterion,
     stratified_folds,
 )
 
@@ -219,36 +219,36 @@ def test_fisher_equals_direct_formula() -> None:
 
 @pytest.fixture
 def clean_registry():
-    saved = dict(_SCORERS)
+    saved = dict(_CRITERIA)
     yield
-    _SCORERS.clear()
-    _SCORERS.update(saved)
+    _CRITERIA.clear()
+    _CRITERIA.update(saved)
 
 
 def test_registry_extension_point(clean_registry) -> None:
-    assert {"centroid", "probe", "fisher"} <= set(available_scorers())
-    assert get_scorer("centroid") is centroid_accuracy
+    assert {"centroid", "probe", "fisher"} <= set(available_criteria())
+    assert get_criterion("centroid") is centroid_accuracy
 
-    @register_scorer("first_dim")
+    @register_criterion("first_dim")
     def first_dim(features, labels=None, *, seed=0):
         return HeadScores(features.z[..., 0].abs().mean(0), "first_dim", layers=features.layers)
 
     z, labels = planted(seed=0)
     f = HeadFeatures(z, labels=labels)
-    assert run_scorer("first_dim", f, seed=3, n_folds=9).criterion == "first_dim"
+    assert run_criterion("first_dim", f, seed=3, n_folds=9).criterion == "first_dim"
     with pytest.raises(ArgumentError, match="criterion 'first_dim' takes no mode"):
-        run_scorer("first_dim", f, mode="loo")
+        run_criterion("first_dim", f, mode="loo")
     with pytest.raises(ArgumentError, match="already registered"):
-        register_scorer("first_dim")(lambda features, labels=None: None)
+        register_criterion("first_dim")(lambda features, labels=None: None)
     with pytest.raises(ArgumentError, match=r"no criterion is registered as 'nope'; registered: .*centroid"):
-        get_scorer("nope")
+        get_criterion("nope")
     with pytest.raises(ArgumentError, match="returned int; it must return HeadScores"):
-        run_scorer(lambda features, labels: 3, f)
+        run_criterion(lambda features, labels: 3, f)
     shifted = HeadFeatures(z, labels=labels, layers=(4, 5, 6, 7))
     with pytest.raises(FeatureError, match=r"returned scores for layers \(0, 1, 2, 3\) but the features hold layers"):
-        run_scorer(lambda features, labels: HeadScores(torch.zeros(4, 4), "rows"), shifted)
+        run_criterion(lambda features, labels: HeadScores(torch.zeros(4, 4), "rows"), shifted)
     with pytest.raises(FeatureError, match=r"returned scores of shape \(1, 1\)"):
-        run_scorer(lambda features, labels: HeadScores(torch.zeros(1, 1), "tiny"), f)
+        run_criterion(lambda features, labels: HeadScores(torch.zeros(1, 1), "tiny"), f)
 
 
 def test_worked_criterion_in_the_docs_runs(clean_registry) -> None:
@@ -258,13 +258,13 @@ def test_worked_criterion_in_the_docs_runs(clean_registry) -> None:
 
     text = (Path(__file__).parent.parent / "docs" / "criteria.md").read_text()
     blocks = [b.split("```")[0] for b in text.split("```python")[1:]]
-    block = next(b for b in blocks if "@register_scorer" in b)
+    block = next(b for b in blocks if "@register_criterion" in b)
     exec(compile(block, "docs/criteria.md", "exec"), {})
     z, labels = planted(n_per_class=20, signal=8.0, seed=1)
-    sav = SAV(k=2, scorer="dprime").fit(HeadFeatures(z, labels=labels))
+    sav = SAV(k=2, criterion="dprime").fit(HeadFeatures(z, labels=labels))
     assert sav.heads_.same_heads(PLANTED) and sav.scores_.criterion == "dprime"
     with pytest.raises(SavlensError, match="criterion 'dprime' takes no mode"):
-        SAV(k=2, scorer="dprime", mode="loo").fit(HeadFeatures(z, labels=labels))
+        SAV(k=2, criterion="dprime", mode="loo").fit(HeadFeatures(z, labels=labels))
 
 
 # bad input -------------------------------------------------------------------------------------------

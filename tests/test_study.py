@@ -241,14 +241,14 @@ def test_bad_configs_get_a_named_error_before_any_work(
     def no_work(*args: object, **kwargs: object) -> None:
         raise AssertionError("a head was scored before the config was checked")
 
-    monkeypatch.setattr(runner, "run_scorer", no_work)
+    monkeypatch.setattr(runner, "run_criterion", no_work)
     with pytest.raises(StudyConfigError, match=message) as info:
         run_study(TASKS, **{"k": [2], **grid})
     assert "/errors/study-config-error/" in str(info.value)
 
 
 def test_bad_tasks_and_groups_are_refused_before_any_work(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runner, "run_scorer", lambda *a, **k: pytest.fail("scored"))
+    monkeypatch.setattr(runner, "run_criterion", lambda *a, **k: pytest.fail("scored"))
     other = HeadFeatures(torch.zeros(8, 3, 4, 8), labels=["x", "y"] * 4, model_id="another")
     with pytest.raises(
         StudyConfigError, match=r"transfer pair \['a', 'o'\]: cannot mix .*model_id: 'toy' vs 'another'"

@@ -1,5 +1,6 @@
 """Voting rules: the registry, known answers on planted heads, leave-one-out weights, SAV integration."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -153,4 +154,25 @@ def test_bad_rules_and_reference_mode_are_refused() -> None:
         return HeadScores(torch.full((2, 3), torch.inf), "infinite", layers=features.layers)
 
     with pytest.raises(ArgumentError, match="finite scores >= 0"):
-        SAV(k=2, scorer=infinite, voting="score").fit(feats)
+        SAV(k=2, criterion=infinite, voting="score").fit(feats)
+
+
+def test_weighted_votes_on_stored_features_equal_those_in_memory(tmp_path: Path) -> None:
+    """Votes streamed block by block from a store keep the weighted tally (the shares of a weighted rule)."""
+    from savlens.outofcore import bounded_memory, open_shards
+    from savlens.store import FeatureStore
+
+    chat = {"chat": True, "system_prompt": None}  # what a store records
+    train, test = (dataclasses.replace(planted(n, seed), meta=chat) for n, seed in ((10, 0), (6, 1)))
+    sav = SAV(k=5, voting="reliability").fit(train)
+    with FeatureStore(tmp_path / "s", {"model_id": "unknown", "hook": "blocks.*.attn.hook_z", "layers": [0, 1]}) as fs:
+        fs.append(test.z, test.example_ids, test.labels)
+    stored = open_shards(tmp_path / "s")
+    want = sav.votes(test)
+    assert want.tally is not None and not torch.equal(want.shares, want.counts.double() / 5)
+    with bounded_memory(4 * 5 * 4 * 4):  # a few examples per block
+        got = sav.votes(stored)
+    assert got.tally is not None
+    torch.testing.assert_close(got.tally, want.tally)
+    torch.testing.assert_close(got.shares, want.shares)
+    assert got.labels() == want.labels()

@@ -68,15 +68,18 @@ plot.vote_histograms(votes, test.labels or [])
 
 # %% [markdown]
 # ## The same classifier from the model directly
-# `fit(model, examples)` and `predict(model, examples)` extract for you; at predict time only the layers of the
-# selected heads are read and the forward pass stops after the deepest of them.
+# `SAV(...).fit_model(model, examples, **extract_options)` extracts and fits in one call; `sav.extract(model,
+# examples)` makes the features `predict` needs the way the training features were made (prompt template, chat,
+# system prompt, position: the SAV's `extract_options_`). Only the layers of the selected heads are read and the
+# forward pass stops after the deepest of them.
 
 # %%
 print("layers the SAV needs:", sav.required_layers)
 few = task.test[:6]
-direct = sav.predict(model, few, prompt_template=task.prompt_template)
+print("extracted as the training features were:", sav.extract_options_)
+direct = sav.predict(sav.extract(model, few))
 assert direct == predicted[:6], (direct, predicted[:6])
-print("predict(model, examples) agrees with predict(features) on", len(few), "examples")
+print("predict(sav.extract(model, examples)) agrees with predict(features) on", len(few), "examples")
 
 # %% [markdown]
 # ## Save and load
@@ -108,7 +111,7 @@ rows = {
     "SAV (centroid vote, k=20)": sav.score(test),
     "kNN on the same heads": HeadKNN(sav.heads_, n_neighbors=5).fit(train).score(test),
     "logistic probe on the same heads": HeadLinearProbe(sav.heads_).fit(train).score(test),
-    "sparse layers (k=2)": SparseLayers(k=2).fit(train).score(test),
+    "sparse layers (k_layers=2)": SparseLayers(k_layers=2).fit(train).score(test),
 }
 reference = savlens.SAV(k=20, reference=True).fit(train)
 rows["SAV, reference mode"] = reference.score(test)

@@ -14,8 +14,8 @@
 # # 5. Write a new head-selection criterion
 #
 # A criterion is a function `(features, labels) -> HeadScores`, higher is better. Register it under a name and
-# every tool that selects heads takes it: `SAV(scorer=...)`, the classifiers, `transfer_matrix`, the CLI's
-# `savlens fit --scorer`. This tutorial writes a **cosine margin** criterion: for each example, how much closer
+# every tool that selects heads takes it: `SAV(criterion=...)`, the classifiers, `transfer_matrix`, the CLI's
+# `savlens fit --criterion`. This tutorial writes a **cosine margin** criterion: for each example, how much closer
 # (in cosine) it is to its own class centroid than to the nearest other one, averaged, with the example left
 # out of its own centroid. Same data as tutorials 2-4.
 
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 import savlens
 from savlens.heads import HeadScores
-from savlens.scoring import register_scorer, resolve_labels
+from savlens.scoring import register_criterion, resolve_labels
 
 if "__file__" in globals():  # run from another folder (as CI does); a notebook runs in this one
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -47,7 +47,7 @@ task, train, test = tutorial_data(model)  # tutorial 2's task, and its features 
 
 
 # %%
-@register_scorer("cosine_margin", replace=True)
+@register_criterion("cosine_margin", replace=True)
 def cosine_margin(features: savlens.HeadFeatures, labels=None) -> HeadScores:  # type: ignore[no-untyped-def]
     """Score each head by the mean leave-one-out cosine margin of the examples to their own class centroid."""
     labels = resolve_labels(features, labels, "cosine_margin")
@@ -71,9 +71,9 @@ def cosine_margin(features: savlens.HeadFeatures, labels=None) -> HeadScores:  #
 
 # %%
 from savlens.compare import jaccard, spearman
-from savlens.scoring import available_scorers, centroid_accuracy
+from savlens.scoring import available_criteria, centroid_accuracy
 
-print("registered criteria:", available_scorers())
+print("registered criteria:", available_criteria())
 margin = cosine_margin(train)
 centroid = centroid_accuracy(train)
 print(margin)
@@ -81,9 +81,9 @@ print(
     f"agreement with centroid accuracy: Spearman {spearman(margin, centroid):.2f}, "
     f"top-20 Jaccard {jaccard(margin.top_k(20), centroid.top_k(20)):.2f}"
 )
-for scorer in ("centroid", "cosine_margin"):
-    sav = savlens.SAV(k=20, scorer=scorer).fit(train)
-    print(f"SAV with {scorer:>13}: test accuracy {sav.score(test):.3f}; best heads {sav.heads_[:5]}")
+for criterion in ("centroid", "cosine_margin"):
+    sav = savlens.SAV(k=20, criterion=criterion).fit(train)
+    print(f"SAV with {criterion:>13}: test accuracy {sav.score(test):.3f}; best heads {sav.heads_[:5]}")
 
 # %% [markdown]
 # The margin is continuous, so it separates heads that tie on accuracy (a count of correct examples):
@@ -97,21 +97,21 @@ print(
 
 # %% [markdown]
 # ## What is checked for you
-# `run_scorer` (behind `SAV.fit`) refuses a criterion that returns something other than a
+# `run_criterion` (behind `SAV.fit`) refuses a criterion that returns something other than a
 # `layer head_index` table for these features, and one that takes no `mode` when a mode is asked for.
 
 
 # %%
-@register_scorer("broken", replace=True)
+@register_criterion("broken", replace=True)
 def broken(features, labels=None):  # type: ignore[no-untyped-def]
     return HeadScores(torch.zeros(2, 2), "broken")
 
 
-for scorer, kwargs in [("broken", {}), ("cosine_margin", {"mode": "kfold"})]:
+for criterion, kwargs in [("broken", {}), ("cosine_margin", {"mode": "kfold"})]:
     try:
-        savlens.SAV(k=5, scorer=scorer, **kwargs).fit(train)
+        savlens.SAV(k=5, criterion=criterion, **kwargs).fit(train)
     except savlens.SavlensError as e:
-        print(f"{scorer}: {str(e).splitlines()[0]}")
+        print(f"{criterion}: {str(e).splitlines()[0]}")
 
 # %% [markdown]
 # ## Voting rules are plug-ins too

@@ -122,6 +122,12 @@ def read_features(
 
     path = need_path(data, "data")
     if is_store(path):
+        given = [flag for flag, set_ in _prompt_flags(args).items() if set_]
+        if given:
+            raise UsageError(
+                f"{' '.join(given)} set how examples files are extracted; {data!r} is a feature store, whose "
+                "features were extracted already (with the settings in its manifest). Drop them."
+            )
         return open_store(path)
     examples = read_examples(args, data)
     model = model if model is not None else require_model(args, data)
@@ -146,12 +152,14 @@ def extract_options(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def store_options(path: Path) -> dict[str, Any]:
-    """Return the prompt options a feature store at ``path`` was extracted with, from its manifest."""
-    from savlens.store import read_manifest
-
-    m = read_manifest(path)
-    return {k: m.get(k) for k in ("positions", "prompt_template", "chat", "system_prompt")}
+def _prompt_flags(args: argparse.Namespace) -> dict[str, bool]:
+    """Which prompt options (``--template``, ``--no-chat``, ...) ``args`` sets to other than their defaults."""
+    return {
+        "--template": getattr(args, "template", None) is not None,
+        "--no-chat": bool(getattr(args, "no_chat", False)),
+        "--system-prompt": getattr(args, "system_prompt", None) is not None,
+        "--positions": getattr(args, "positions", "last") != "last",
+    }
 
 
 def emit(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
@@ -180,34 +188,14 @@ def load_sav(path: str) -> Any:
 
 
 def features_for_sav(args: argparse.Namespace, sav: Any, data: str) -> Any:
-    """Features of ``data`` for a fitted SAV: a store as is, or examples extracted as the SAV's features were."""
+    """Features of ``data`` for a fitted SAV: a store as it is (:meth:`SAV.predict` refuses one made otherwise
+    than the SAV's training features), or an examples file run through ``--model`` by :meth:`SAV.extract` (the
+    SAV's own extraction options, its layers only)."""
     path = need_path(data, "data")
     if is_store(path):
         from savlens import open_store
 
-        feats = open_store(path)
-        same_model = feats.model_id == sav.source_.get("model_id")  # else SAV.predict names the mismatch
-        if same_model and feats.prompt_template != sav.source_.get("prompt_template"):
-            raise FeatureError(
-                f"the store {data!r} was extracted with prompt template {feats.prompt_template!r}, but the SAV in "
-                f"{args.sav!r} was fitted on features with {sav.source_.get('prompt_template')!r}; extract it "
-                "with the same template."
-            )
-        return feats
+        return open_store(path)
+    examples = read_examples(args, data)
     model = require_model(args, data)
-    src = sav.source_
-    fingerprint = (src.get("meta") or {}).get("fingerprint")
-    if src.get("model_id") != model.model_id or (fingerprint and fingerprint != model.fingerprint):
-        raise StoreError(
-            f"the SAV in {args.sav!r} was fitted on features of {src.get('model_id')!r}, not of --model "
-            f"{args.model!r} ({model.model_id}); use the model it was fitted with."
-        )
-    recorded = (src.get("meta") or {}).get("extract") or {}
-    positions = src.get("positions", "last")
-    options = {
-        "positions": int(positions) if str(positions).lstrip("-").isdigit() else positions,
-        "prompt_template": src.get("prompt_template"),
-        "chat": recorded.get("chat", True),
-        "system_prompt": recorded.get("system_prompt"),
-    }
-    return read_features(args, data, layers=sav.required_layers, options=options, model=model)
+    return sav.extract(model, examples, batch_size=args.batch_size, progress=not args.quiet)

@@ -23,7 +23,6 @@ from savlens.cli._common import (
     read_features,
     require_model,
     save_figure,
-    store_options,
 )
 from savlens.errors import LabelError
 from savlens.stats import classification_report
@@ -175,13 +174,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
     """Run ``savlens fit``: score the heads on labelled features, keep the k best and save the SAV."""
     from savlens import SAV
 
-    path = need_path(args.data, "data")
-    options = store_options(path) if is_store(path) else extract_options(args)
-    feats = read_features(args, args.data)
+    feats = read_features(args, args.data)  # they record how they were made; the saved SAV keeps that record
     sav = SAV(
-        k=args.k, scorer=args.scorer, mode=args.mode, seed=args.seed, reference=args.reference, voting=args.voting
+        k=args.k, criterion=args.criterion, mode=args.mode, seed=args.seed, reference=args.reference, voting=args.voting
     ).fit(feats)
-    sav.source_.setdefault("meta", {})["extract"] = {k: options.get(k) for k in ("chat", "system_prompt")}
     sav.save(args.out)
     scores = sav.scores_
     top: list[dict[str, Any]] = [{"head": str(h), "score": None if scores is None else scores[h]} for h in sav.heads_]

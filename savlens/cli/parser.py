@@ -209,7 +209,7 @@ def _extract(add: _Add) -> None:
 
 
 def _fit(add: _Add) -> None:
-    from savlens.scoring import available_scorers
+    from savlens.scoring import available_criteria
     from savlens.voting import available_votings
 
     p = add(
@@ -220,7 +220,9 @@ def _fit(add: _Add) -> None:
     _data_argument(p)
     p.add_argument("--out", required=True, help="folder to save the SAV to")
     p.add_argument("--k", type=int, default=20, help="heads kept")
-    p.add_argument("--scorer", default="centroid", choices=list(available_scorers()), help="head-selection criterion")
+    p.add_argument(
+        "--criterion", default="centroid", choices=list(available_criteria()), help="head-selection criterion"
+    )
     p.add_argument(
         "--mode",
         default=None,

@@ -12,7 +12,7 @@ from savlens.plot._common import figure
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from savlens.sav import Votes
+    from savlens.voting import Votes
 
 
 def vote_histograms(votes: "Votes", labels: Sequence[Hashable], *, title: str | None = None) -> "Figure":

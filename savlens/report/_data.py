@@ -7,7 +7,7 @@ import warnings
 from collections.abc import Hashable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from savlens.errors import ArgumentError, FeatureError, NotFittedError, SavlensError
+from savlens.errors import ArgumentError, FeatureError, SavlensError
 from savlens.heads import HeadSet
 from savlens.report._attention import BATCH_OPTIONS, ImageAttention, head_image_attention
 
@@ -184,12 +184,10 @@ def report_data(
     """
     from savlens.cache import HeadFeatures
     from savlens.outofcore import StoredFeatures
-    from savlens.pipeline import as_features
     from savlens.scoring import normalize_label
 
     what = "savlens.report"
-    if not sav._fitted():
-        raise NotFittedError(f"{what}: this SAV is not fitted yet; call fit(features) first.")
+    sav._check_fitted(what)
     if not isinstance(max_examples, int) or max_examples < 1:
         raise ArgumentError(f"{what}: max_examples must be a positive int; got {max_examples!r}.")
     scores = sav.scores_
@@ -216,8 +214,9 @@ def report_data(
             raise ArgumentError(
                 f"{what}: examples need their votes: pass model= (the SAV's model) or features= (their features)."
             )
-        options = {**getattr(sav, "extract_options_", {}), "batch_size": batch_size, "progress": progress}
-        features, _ = as_features(model, examples, layers=sav.required_layers, options=options, what=what)
+        if examples is None:
+            raise ArgumentError(f"{what}: model= extracts the features of examples=; pass the examples too.")
+        features = sav.extract(model, examples, batch_size=batch_size, progress=progress)
     if not isinstance(features, (HeadFeatures, StoredFeatures)):
         raise FeatureError(f"{what}: features must be HeadFeatures or a feature store; got {type(features).__name__}.")
     n = features.n_examples if isinstance(features, StoredFeatures) else features.z.shape[0]

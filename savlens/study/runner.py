@@ -14,7 +14,7 @@ from savlens.cache import HeadFeatures
 from savlens.errors import FeatureError, SavlensError, StudyConfigError
 from savlens.heads import HeadScores, HeadSet
 from savlens.sav import SAV
-from savlens.scoring import MODES, Scorer, encode_labels, get_scorer, run_scorer, scorer_name
+from savlens.scoring import MODES, Criterion, criterion_name, encode_labels, get_criterion, run_criterion
 from savlens.stats import class_metrics
 from savlens.study.split import Groups, draw_nested_split, draw_split, resolve_groups
 from savlens.study.table import StudyRow, StudyTable
@@ -49,7 +49,7 @@ class StudyConfig:
     shots: tuple[int, ...] = (20,)
     k: tuple[int, ...] = (20,)
     seeds: tuple[int, ...] = (0,)
-    criteria: tuple[str | Scorer, ...] = ("centroid",)
+    criteria: tuple[str | Criterion, ...] = ("centroid",)
     modes: tuple[str | None, ...] = (None,)
     voting: tuple[str | Callable[..., Any], ...] = ("majority",)
     transfer: tuple[tuple[str, str], ...] | str = ()
@@ -61,7 +61,7 @@ class StudyConfig:
     def to_dict(self) -> dict[str, Any]:
         """Return the grid as JSON-serialisable data (functions by their registered names)."""
         out = asdict(self)
-        out["criteria"] = [scorer_name(c) for c in self.criteria]
+        out["criteria"] = [criterion_name(c) for c in self.criteria]
         out["voting"] = [voting_name(v) for v in self.voting]
         out["transfer"] = self.transfer if isinstance(self.transfer, str) else [list(p) for p in self.transfer]
         return out
@@ -89,13 +89,13 @@ def _as_tuple(name: str, values: Any) -> tuple[Any, ...]:
     out = (values,) if isinstance(values, str) or callable(values) or values is None else tuple(values)
     if not out:
         raise StudyConfigError(f"{name} is empty; give at least one value.")
-    names = [scorer_name(v) if callable(v) else v for v in out]
+    names = [criterion_name(v) if callable(v) else v for v in out]
     if len(set(map(str, names))) != len(names):
         raise StudyConfigError(f"{name} holds a value twice: {names}.")
     return out
 
 
-def _takes_mode(fn: Scorer) -> bool:
+def _takes_mode(fn: Criterion) -> bool:
     params = inspect.signature(fn).parameters
     return "mode" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
@@ -126,14 +126,14 @@ def make_config(config: StudyConfig | Mapping[str, Any] | None = None, **grid: A
     )
     for c in criteria:
         try:
-            fn = get_scorer(c)
+            fn = get_criterion(c)
         except SavlensError as e:
             raise StudyConfigError(f"criteria: {e.detail}") from None
         for m in modes:
             if m is not None and m not in MODES:
                 raise StudyConfigError(f"modes: {m!r} is not a mode; use {list(MODES)} or none for the default.")
             if m is not None and not _takes_mode(fn):
-                raise StudyConfigError(f"modes: criterion {scorer_name(c)!r} takes no mode; got mode {m!r}.")
+                raise StudyConfigError(f"modes: criterion {criterion_name(c)!r} takes no mode; got mode {m!r}.")
     for v in votings:
         try:
             get_voting(v)
@@ -341,13 +341,13 @@ def _run_setting(
     rows = []
     all_pairs = [(n, n) for n in names] + pairs
     for criterion in cfg.criteria:
-        cname = scorer_name(criterion)
+        cname = criterion_name(criterion)
         for mode in cfg.modes:
             scores: dict[str, HeadScores] = {}
             score_s: dict[str, float] = {}
             for n in {a for a, _ in all_pairs}:
                 t0 = time.perf_counter()
-                scores[n] = run_scorer(criterion, parts[n][0], mode=mode, seed=seed, n_folds=5)
+                scores[n] = run_criterion(criterion, parts[n][0], mode=mode, seed=seed, n_folds=5)
                 score_s[n] = time.perf_counter() - t0
             for k in cfg.k:
                 heads = {n: s.top_k(k, seed=seed) for n, s in scores.items()}
