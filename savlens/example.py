@@ -99,7 +99,7 @@ class Example:
 
     @property
     def n_videos(self) -> int:
-        return len(self.videos)
+        return len(self.videos)  # type: ignore[arg-type]
 
     def load_videos(self, example_id: str | None = None) -> list[tuple[np.ndarray, Any]]:
         """Return each video as ``(frames, metadata)``: a ``frames height width 3`` uint8 array of the sampled
@@ -112,7 +112,8 @@ class Example:
         """
         who = example_id if example_id is not None else self.id
         return [
-            _load_video(v, f"video {i} of example {who!r}", self.n_frames, self.fps) for i, v in enumerate(self.videos)
+            _load_video(v, f"video {i} of example {who!r}", self.n_frames, self.fps)
+            for i, v in enumerate(self.videos)  # type: ignore[arg-type]
         ]
 
     def load_images(self, example_id: str | None = None) -> list[Image.Image]:
@@ -309,7 +310,7 @@ def _load_video(v: Any, where: str, n_frames: int | None, fps: float | int | Non
         frames = frames[idx]
     else:
         idx = np.arange(frames.shape[0])
-    meta.frames_indices = idx
+    meta.frames_indices = [int(i) for i in idx]
     return frames, meta
 
 
@@ -325,7 +326,7 @@ def _decode_file(path: Path, where: str, n_frames: int | None, fps: float | int 
             f"{where}: reading video files needs PyAV: pip install 'savlens[video]' (or pip install av)."
         ) from None
     try:
-        frames, meta = load_video(str(path), num_frames=n_frames, fps=fps, backend="pyav")
+        frames, meta = load_video(str(path), num_frames=n_frames, fps=fps, backend="pyav")  # type: ignore[arg-type]
     except ValueError as e:
         if "exceeds total_num_frames" in str(e):
             raise VideoError(f"{where} ({str(path)!r}): {e}") from None

@@ -342,15 +342,15 @@ def _media_of(example: Example, images: Sequence[Any], videos: Sequence[tuple[An
     ]
     if example.messages is None:
         return items + vids
-    order = [
-        c.get("type")
+    order: list[str] = [
+        str(c.get("type"))
         for m in example.messages
         if isinstance(m.get("content"), list)
         for c in m["content"]
         if isinstance(c, dict) and c.get("type") in ("image", "video")
     ]
     queues = {"image": iter(items), "video": iter(vids)}
-    out = [next(queues[k], None) for k in order]  # type: ignore[call-overload]
+    out = [next(queues[k], None) for k in order]
     rest = [x for x in items + vids if x not in out]
     return [x for x in out if x is not None] + rest
 

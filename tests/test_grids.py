@@ -20,18 +20,14 @@ from savlens.models.grids import MediaGrid, token_grids
 from savlens.plot.grid import attention_on_grid, off_grid_weight, paint
 from savlens.testing.tiny import build_tiny
 
+QWEN = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5", "glm4v", "llava_onevision1_5")
+#: every tiny family with a map (the tiny VLM of savlens.zoo: its own test)
 IMAGE_FAMILIES = (
-    "qwen2_vl",
-    "qwen2_5_vl",
-    "qwen3_vl",
-    "glm4v",
-    "llava_onevision",
-    "internvl",
-    "idefics3",
-    "smolvlm",
-    "gemma3",
+    *QWEN,
+    *("llava_onevision", "llava_next", "internvl", "aya_vision", "mistral3", "idefics3", "smolvlm"),
+    *("llava", "paligemma", "janus", "deepseek_vl", "gemma3"),
 )
-VIDEO_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava_onevision", "internvl", "smolvlm")
+VIDEO_FAMILIES = (*QWEN, "llava_onevision", "internvl", "smolvlm")
 SIZE = (112, 56)  # (width, height): wide, so rows and columns cannot be swapped unnoticed
 SQUARE = (70, 0, 112, 28)  # in the top-right quarter, off the middle tile border: (left, top, right, bottom)
 VIDEO_SQUARE = (56, 0, 112, 28)  # the top-right quarter: a whole cell of the frames squashed to 2 x 2 tokens
@@ -194,3 +190,65 @@ def test_video_overlay_is_a_strip_of_frames() -> None:
     assert off_grid_weight(w, g) == 1.0  # the newline token after the frames
     fig = attention_on_grid(w, model, batch, picture=frames)
     assert len([a for a in fig.axes if a.images]) == 3 + 0 and "newline" in fig._suptitle.get_text()  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("name", ["tiny-vlm-random", "fast_vlm"])
+def test_convolutional_towers_change_most_at_the_mapped_cell(name: str) -> None:
+    """A CNN tower (the zoo's tiny VLM, FastVLM) is not local, but the token whose input changes most when a
+    square lights up is the one the map puts over the square."""
+    if name == "fast_vlm":
+        tm = build_tiny(name)
+        model = savlens.wrap(tm.model, tm.processor, model_id=name)
+    else:
+        model = savlens.load(name)
+    square = (56, 0, 112, 28)  # the top-right quarter
+    dark, bright = _picture(SIZE, None), _picture(SIZE, square)
+    vals, batch = [], None
+    for pic in (dark, bright):
+        batch = savlens.Batch.from_examples(model, [savlens.Example("what is it ?", images=[pic])])
+        with savlens.trace(model, batch) as t:
+            r = t.save("blocks.0.hook_resid_pre", positions="all")
+        vals.append(r.value[0])
+    assert batch is not None
+    (g,) = token_grids(model, batch, 0)
+    change = (vals[0] - vals[1]).norm(dim=-1)[g.positions]
+    core, _, _ = _expected(g, SIZE, square)
+    assert core and int(change.argmax()) in core
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava_onevision", "internvl", "smolvlm"])
+def test_grids_of_a_row_do_not_depend_on_the_other_rows(family: str) -> None:
+    """Flat processor outputs (grid_thw, image_sizes) are indexed past the earlier rows' images and videos."""
+    model = _local(family)
+    pics = [_picture((112, 56), None), _picture((48, 96), None), _picture((64, 64), None)]
+    exs = [
+        savlens.Example("two pictures ?", images=pics[:2], id="a"),
+        savlens.Example("one picture", images=[pics[2]], id="b"),
+    ]
+    if model.resolved.spec.videos_with_images:
+        exs.append(savlens.Example("a clip", videos=[np.zeros((4, 40, 72, 3), np.uint8)], id="c"))
+    batch = savlens.Batch.from_examples(model, exs, padding_side="right")
+    for i, ex in enumerate(exs):
+        alone = savlens.Batch.from_examples(model, [ex], padding_side="right")
+        got, want = token_grids(model, batch, i), token_grids(model, alone, 0)
+        assert [(g.kind, g.index, g.size, g.panels) for g in got] == [(g.kind, g.index, g.size, g.panels) for g in want]
+        for g, w in zip(got, want):
+            assert torch.equal(g.positions, w.positions)  # right padding: the same positions
+            assert torch.equal(g.panel, w.panel) and torch.equal(g.row, w.row) and torch.equal(g.col, w.col)
+    first, second = (g.panels for g in token_grids(model, batch, 0)[:2])
+    if family != "llava_onevision":  # (OneVision gives each image of a multi-image row its 4 x 4 base view)
+        assert first != second  # the two images of row a have different layouts: a wrong offset shows
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava_onevision", "internvl", "idefics3"])
+def test_a_bright_square_on_the_second_image_of_a_row(family: str) -> None:
+    model = _local(family)
+    dark, bright = _picture(SIZE, None), _picture(SIZE, SQUARE)
+    first = _picture((64, 64), None)
+    a, b = (savlens.Example("which ?", images=[first, x]) for x in (dark, bright))
+    changed, batch = _changed(model, a, b)
+    g0, g1 = token_grids(model, batch, 0)
+    assert not bool(changed[g0.positions].any())
+    got = {i for i in range(len(g1.positions)) if changed[g1.positions[i]]}
+    core, outer, _ = _expected(g1, SIZE, SQUARE)
+    assert core and core <= got <= outer, (sorted(got), sorted(core), sorted(outer))

@@ -111,10 +111,22 @@ def _grid(panels: list[Panel], newline: bool = False, trailing_newline: bool = F
     return _Layout(pan, row, col, tuple(panels))
 
 
-QWEN_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5", "qwen3_5_moe", "qwen3_vl_moe", "glm4v")
+QWEN_FAMILIES = (
+    *("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5", "qwen3_5_moe", "qwen3_vl_moe", "glm4v"),
+    "llava_onevision1_5",
+)
 IDEFICS_FAMILIES = ("idefics3", "smolvlm")
-#: the families :func:`token_grids` maps (others: a single square grid per image, where the count is square)
-MAPPED = (*QWEN_FAMILIES, "llava_onevision", "internvl", *IDEFICS_FAMILIES, "gemma3", "savlens_tiny_vlm")
+#: one square grid per image over the whole (resized or padded) image
+SQUARE_FAMILIES = ("llava", "paligemma", "janus", "deepseek_vl", "fast_vlm", "gemma3", "tiny_vlm")
+#: square grids over the image padded to a square (centred, as the processor pads it)
+PADDED_FAMILIES = ("janus", "deepseek_vl")
+#: the families :func:`token_grids` maps
+MAPPED = (
+    *QWEN_FAMILIES,
+    *("llava_onevision", "llava_next", "internvl", "aya_vision", "mistral3"),
+    *IDEFICS_FAMILIES,
+    *SQUARE_FAMILIES,
+)
 
 
 def token_grids(model: "Model", batch: "Batch", row: int) -> list[MediaGrid]:
@@ -148,7 +160,8 @@ def token_grids(model: "Model", batch: "Batch", row: int) -> list[MediaGrid]:
         kind = it["kind"]
         flat = before[kind] + seen[kind]
         avail = pos[kind][used[kind] :]
-        lay = _layout(model, batch, kind, flat, it, avail, ids)
+        n_images = sum(x["kind"] == "image" for x in items)
+        lay = _layout(model, batch, kind, flat, dict(it, row_images=n_images), avail, ids)
         n = len(lay)
         if n > avail.numel():
             raise PositionError(
@@ -208,29 +221,53 @@ def _layout(
     cfg: Any = model.hf.config
     if fam in QWEN_FAMILIES:
         return _qwen(cfg, batch, kind, flat)
-    if fam == "llava_onevision":
-        return _llava_onevision(cfg, batch, kind, flat, item)
-    if fam == "internvl":
-        return _internvl(model, kind, item)
+    if fam in ("llava_onevision", "llava_next"):
+        return _llava_onevision(cfg, batch, kind, flat, item, downsample=fam == "llava_onevision")
+    if fam in ("internvl", "aya_vision"):
+        return _got_tiles(model, kind, item, avail)
     if fam in IDEFICS_FAMILIES:
         return _idefics(model, kind, item, avail, ids)
-    if fam == "gemma3":
-        return _square(int(cfg.mm_tokens_per_image), fam)
-    if fam == "savlens_tiny_vlm":
-        return _square(int(cfg.image_grid) ** 2, fam)
-    if kind == "image":
-        return _square(int(avail.numel()), fam)
-    raise ArgumentError(f"token_grids: no map of {fam}'s video tokens; the mapped families are {list(MAPPED)}.")
+    if fam == "mistral3" and kind == "image":
+        return _row_runs(model, avail, ids)
+    if fam in SQUARE_FAMILIES and kind == "image":
+        n = _runs(avail)[0][1] if avail.numel() else 0
+        side = math.isqrt(n)
+        if side * side != n:
+            raise PositionError(f"token_grids: {fam} image with {n} tokens in a run, not a square grid.")
+        return _grid([Panel(side, side, _letterbox(item.get("size")) if fam in PADDED_FAMILIES else FULL)])
+    raise ArgumentError(
+        f"token_grids: no map of {fam}'s {kind} tokens (mapped: {list(MAPPED)}, videos of the Qwen family, "
+        "LLaVA-OneVision, InternVL and SmolVLM); see docs/positions.md, 'Token grids'."
+    )
 
 
-def _square(n: int, family: str) -> _Layout:
-    side = math.isqrt(n)
-    if side * side != n:
-        raise ArgumentError(
-            f"token_grids: {family} is not mapped (mapped: {list(MAPPED)}) and its {n} image tokens are no square "
-            "grid; map them yourself."
-        )
-    return _grid([Panel(side, side)])
+def _letterbox(size: Any) -> Box:
+    """The box of a square canvas that holds the image centred (fractions of the image; beyond 0..1 on the
+    padded sides)."""
+    if not size:
+        return FULL
+    w, h = size
+    if w >= h:
+        pad = (w - h) / (2 * h)
+        return (0.0, -pad, 1.0, 1.0 + pad)
+    pad = (h - w) / (2 * w)
+    return (-pad, 0.0, 1.0 + pad, 1.0)
+
+
+def _row_runs(model: "Model", avail: Tensor, ids: Tensor) -> _Layout:
+    """Pixtral (Mistral 3): one run of image tokens per row of merged patches, ``[IMG_BREAK]`` between rows and
+    ``[IMG_END]`` after the last; the grid covers the whole (aspect-kept) resized image."""
+    brk = getattr(model.processor, "image_break_token", "[IMG_BREAK]")
+    brk_id = model.tokenizer.convert_tokens_to_ids(brk)
+    rows, cols = 0, 0
+    for start, n in _runs(avail):
+        if cols and n != cols:
+            raise PositionError(f"token_grids: Pixtral rows of {cols} and {n} tokens in one image.")
+        rows, cols = rows + 1, n
+        end = int(avail[start + n - 1]) + 1
+        if end >= ids.numel() or int(ids[end]) != brk_id:
+            break
+    return _grid([Panel(rows, cols)])
 
 
 def _qwen(cfg: Any, batch: "Batch", kind: str, flat: int) -> _Layout:
@@ -248,16 +285,22 @@ def _qwen(cfg: Any, batch: "Batch", kind: str, flat: int) -> _Layout:
     return _grid([Panel(h // m, w // m, frame=i * tps, view=f"frame {i * tps}", frames=tps) for i in range(t)])
 
 
-def _llava_onevision(cfg: Any, batch: "Batch", kind: str, flat: int, item: dict[str, Any]) -> _Layout:
-    """LLaVA-OneVision: the base view (``image_size / patch`` square, the whole image squashed), then the anyres
-    grid (tiles stitched, padding removed, downsampled past ``anyres_max``), a newline token after each of its
-    rows. A video: each frame's grid pooled 2x2 (bilinear), one newline token after all frames."""
+def _llava_onevision(
+    cfg: Any, batch: "Batch", kind: str, flat: int, item: dict[str, Any], downsample: bool = True
+) -> _Layout:
+    """LLaVA-OneVision / LLaVA-NeXT: the base view (``image_size / patch`` square, the whole image squashed), then
+    the anyres grid (tiles stitched, padding removed; OneVision downsamples it past ``anyres_max``), a newline
+    token after each of its rows. OneVision's rows with several images: each image's base view and one newline
+    token. A video: each frame's grid pooled 2x2 (bilinear), one newline token after all frames."""
     from transformers.models.llava_onevision.modeling_llava_onevision import (
         get_anyres_image_grid_shape,
         unpad_image,
     )
 
     side = int(cfg.vision_config.image_size) // int(cfg.vision_config.patch_size)
+    if downsample and "batch_num_images" in batch.inputs and item.get("row_images", 1) > 1:
+        # OneVision's multi-image rows: the base view of each image only, then one newline token
+        return _grid([Panel(side, side, view="base")], trailing_newline=True)
     if kind == "video":
         ph, pw = math.ceil(side / 2), math.ceil(side / 2)
         frames = int(item.get("frames") or 1)
@@ -270,17 +313,19 @@ def _llava_onevision(cfg: Any, batch: "Batch", kind: str, flat: int, item: dict[
     h, w = unpad_image(torch.zeros(1, nph * side, npw * side), size).shape[1:]
     max_patches = int(str(getattr(cfg, "vision_aspect_ratio", "anyres_max_9")).removeprefix("anyres_max_"))
     ratio = math.sqrt(h * w / (max_patches * side**2))
-    if ratio > 1.1:
+    if downsample and ratio > 1.1:
         h, w = int(h // ratio), int(w // ratio)
     return _grid([Panel(side, side, view="base"), Panel(int(h), int(w), view="anyres")], newline=True)
 
 
-def _internvl(model: "Model", kind: str, item: dict[str, Any]) -> _Layout:
-    """InternVL: ``cols x rows`` tiles of the resized image (GOT-OCR2's canvas choice), row-major, then a
-    thumbnail of the whole image when there is more than one tile; each tile a square of pixel-shuffled tokens.
-    A video: one tile per frame."""
-    seq = int(model.processor.image_seq_length)
-    side = math.isqrt(seq)
+def _got_tiles(model: "Model", kind: str, item: dict[str, Any], avail: Tensor) -> _Layout:
+    """InternVL / Aya Vision: ``cols x rows`` tiles of the resized image (GOT-OCR2's canvas choice), row-major,
+    then a thumbnail of the whole image when there is more than one tile; each tile a square of pixel-shuffled
+    tokens. A video (InternVL): one tile per frame."""
+    seq = getattr(model.processor, "image_seq_length", None)
+    if seq is None:  # Aya Vision: a TILE_k marker before each tile's run
+        seq = _runs(avail)[0][1]
+    side = math.isqrt(int(seq))
     if kind == "video":
         frames = int(item.get("frames") or 1)
         return _grid([Panel(side, side, frame=f, view=f"frame {f}") for f in range(frames)])

@@ -56,9 +56,9 @@ def paint(
         view = grid.panels[p].view
         canvas = maps.setdefault(view, np.zeros((height, width), np.float32))
         x0, y0, x1, y1 = grid.panels[p].cell_box(int(grid.row[i]), int(grid.col[i]))
-        c0, c1 = int(round(x0 * width)), int(round(x1 * width))
-        r0, r1 = int(round(y0 * height)), int(round(y1 * height))
-        canvas[r0:r1, c0:c1] += v
+        c0, c1 = (min(max(int(round(x * width)), 0), width) for x in (x0, x1))
+        r0, r1 = (min(max(int(round(y * height)), 0), height) for y in (y0, y1))
+        canvas[r0:r1, c0:c1] += v  # a cell on a padded margin (letterboxed images) is cut at the picture's edge
     return maps
 
 
