@@ -252,3 +252,22 @@ def test_a_bright_square_on_the_second_image_of_a_row(family: str) -> None:
     got = {i for i in range(len(g1.positions)) if changed[g1.positions[i]]}
     core, outer, _ = _expected(g1, SIZE, SQUARE)
     assert core and core <= got <= outer, (sorted(got), sorted(core), sorted(outer))
+
+
+def test_overlay_of_an_eager_attention_pattern_holds_the_image_share() -> None:
+    """The overlay of a head's last-token attention (eager ``hook_pattern``) paints exactly the weight on the
+    image's cells; with the newline tokens, that is the whole share on the image."""
+    tm = build_tiny("llava_onevision", attn_implementation="eager")
+    model = savlens.wrap(tm.model, tm.processor, model_id="eager-llava_onevision")
+    pic = _picture(SIZE, SQUARE)
+    batch = savlens.Batch.from_examples(model, [savlens.Example("what is it ?", images=[pic])])
+    with savlens.trace(model, batch) as t:
+        pat = t.save("blocks.1.attn.hook_pattern", positions="last")
+    weights = pat.value[0, 2, -1]
+    (g,) = token_grids(model, batch, 0)
+    maps = paint(weights, g)
+    share = float(weights[batch.image_mask[0]].sum())
+    cell_area = {v: (SIZE[0] * SIZE[1]) / (p.rows * p.cols) for p in g.panels for v in [p.view]}
+    painted = sum(float(m.sum()) / cell_area[v] for v, m in maps.items())
+    assert share > 0.01
+    assert np.isclose(painted + off_grid_weight(weights, g), share, rtol=1e-4)

@@ -234,3 +234,18 @@ def test_video_positions_without_videos_is_a_position_error() -> None:
     batch = savlens.Batch.from_examples(model, [savlens.Example("what is it ?", images=sample_images(1))])
     with pytest.raises(PositionError, match="no row of this batch has video tokens"), savlens.trace(model, batch) as t:
         t.save("blocks.0.attn.hook_z", positions="video")
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava_onevision"])
+def test_from_inputs_finds_the_video_tokens(family: str, clip: Path) -> None:
+    model = tiny(family)
+    ex = savlens.Example("what is it ?", videos=[clip], n_frames=4)
+    ref = savlens.Batch.from_examples(model, [ex])
+    ((frames, meta),) = ex.load_videos()
+    enc = model.processor(
+        text=ref.prompts, videos=[frames], video_metadata=[meta], do_sample_frames=False, return_tensors="pt"
+    )
+    batch = savlens.Batch.from_inputs(model, enc)
+    assert batch.video_mask is not None and torch.equal(batch.video_mask, ref.video_mask)  # type: ignore[arg-type]
+    assert torch.equal(batch.image_mask, ref.image_mask)
+    assert torch.equal(_z(model, batch), _z(model, ref))
