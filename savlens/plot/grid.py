@@ -84,7 +84,8 @@ def attention_on_grid(
 
     Args:
         weights: one weight per sequence position of row ``row`` (e.g. a head's attention from the last token).
-        model, batch: the model and the batch the weights come from.
+        model: the model the weights come from.
+        batch: the batch the weights come from.
         row: the batch row.
         media: which image or video of the row, in prompt order (images first for examples without messages).
         picture: the original image (PIL or ``height width 3`` array) or the video's sampled frames
