@@ -52,6 +52,18 @@ class InputError(SavlensError, ValueError):
     page = "input-error"
 
 
+class VideoError(InputError):
+    """A video that cannot be read or sampled: an unreadable file, a bad frame array, bad ``n_frames`` / ``fps``."""
+
+    page = "video-error"
+
+
+class VideoNotSupportedError(VideoError):
+    """A video given to a model whose processor takes no video."""
+
+    page = "video-not-supported-error"
+
+
 class BatchMismatchError(InputError):
     """A batch built for another model (or another processor / chat template)."""
 

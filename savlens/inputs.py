@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-from savlens.errors import BatchMismatchError, InputError
+from savlens.errors import BatchMismatchError, InputError, VideoError, VideoNotSupportedError
 from savlens.example import Example
 from savlens.positions import last_real_index
 
@@ -33,10 +33,13 @@ class Batch:
         labels: the label of each row (None where unlabelled).
         prompts: the rendered prompt text of each row (after prompt and chat template).
         last_index: ``batch`` sequence index of each row's last real (non-pad) token.
-        image_mask: ``batch pos`` True at image tokens.
+        image_mask: ``batch pos`` True at image tokens (not video frames).
         fingerprint: the fingerprint of the model (config, tokenizer, chat template) it was built for.
         padding_side: ``"left"`` or ``"right"``.
         prompt_template: the prompt template used (None: the raw text).
+        meta: extras; ``meta["media"]`` (from :meth:`from_examples`) lists, per row, its images and videos in
+            prompt order (``{"kind", "index", "size": (width, height), "frames"}``), for the token grids.
+        video_mask: ``batch pos`` True at video tokens (None: no video in the batch).
     """
 
     inputs: dict[str, Any]
@@ -49,6 +52,7 @@ class Batch:
     padding_side: PaddingSide = "left"
     prompt_template: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    video_mask: Bool[Tensor, "batch pos"] | None = None
 
     @property
     def attention_mask(self) -> Int[Tensor, "batch pos"]:
@@ -60,8 +64,9 @@ class Batch:
 
     @property
     def text_mask(self) -> Bool[Tensor, "batch pos"]:
-        """``batch pos`` True at real (non-pad) tokens that are not image tokens."""
-        return self.attention_mask.bool() & ~self.image_mask
+        """``batch pos`` True at real (non-pad) tokens that are not image or video tokens."""
+        out = self.attention_mask.bool() & ~self.image_mask
+        return out if self.video_mask is None else out & ~self.video_mask
 
     @property
     def size(self) -> int:
@@ -81,9 +86,10 @@ class Batch:
 
     def __repr__(self) -> str:
         n_img = self.image_mask.sum(-1).tolist()
+        video = "" if self.video_mask is None else f"video_tokens={self.video_mask.sum(-1).tolist()}, "
         return (
             f"Batch(batch={self.size}, pos={self.seq_len}, lengths={self.lengths.tolist()}, "
-            f"image_tokens={n_img}, padding_side={self.padding_side!r})"
+            f"image_tokens={n_img}, {video}padding_side={self.padding_side!r})"
         )
 
     def check_model(self, model: "Model") -> None:
@@ -145,9 +151,14 @@ class Batch:
             system_prompt: an optional system message (None keeps the chat template's default).
             padding_side: ``"left"`` (default; the last real token is at index -1) or ``"right"``.
 
+        Examples with ``videos`` go through the model's own video processor (frames sampled and decoded by
+        :meth:`savlens.Example.load_videos`); their tokens are in :attr:`video_mask` (``positions="video"``).
+
         Raises:
             InputError: no examples, duplicate ids, an image given to a text-only model, empty input, a
                 prompt longer than the model's context, a bad prompt template.
+            VideoNotSupportedError: a video given to a model whose processor takes no video.
+            VideoError: a video that cannot be read or sampled.
         """
         exs = [Example(e) if isinstance(e, str) else e for e in examples]
         if not exs:
@@ -161,27 +172,47 @@ class Batch:
         if len(set(ids)) != len(ids):
             dup = sorted({i for i in ids if ids.count(i) > 1})
             raise InputError(f"duplicate example ids in one batch: {dup[:5]}; give each example a unique id.")
-        prompts, images = [], []
+        prompts, images, videos = [], [], []
         for i, e in enumerate(exs):
+            if e.n_videos and not model.takes_video:
+                raise VideoNotSupportedError(
+                    f"example {ids[i]!r} has {e.n_videos} video(s) but the processor of {model.family} model "
+                    f"{model.model_id!r} takes no video (it has no video processor); use a family that takes video "
+                    "or pass frames as images."
+                )
             if e.n_images and not model.multimodal:
                 raise InputError(
                     f"example {ids[i]!r} has {e.n_images} image(s) but {model.family} model {model.model_id!r} "
                     "is a text-only language model; drop the images or load a vision-language model."
                 )
-            if not e.text.strip() and not e.n_images and e.messages is None:
+            if not e.text.strip() and not e.n_images and not e.n_videos and e.messages is None:
                 raise InputError(
                     f"example {ids[i]!r} is empty (no text, no image); give it text or an image, or drop it."
                 )
             text = _apply_template(prompt_template, e, ids[i])
             prompts.append(model.render(e, text, chat=chat, system_prompt=system_prompt))
             images.append(e.load_images(ids[i]))
-        if any(images) and not all(images) and not model.resolved.spec.text_rows_with_images:
+            videos.append(e.load_videos(ids[i]))
+        media = [bool(im or v) for im, v in zip(images, videos)]
+        if any(media) and not all(media) and not model.resolved.spec.text_rows_with_images:
             raise InputError(
                 f"{model.family} model {model.model_id!r}: its processor cannot mix text-only rows with image rows "
-                f"in one batch (rows {[ids[i] for i, r in enumerate(images) if not r][:5]} have no image); batch "
+                f"in one batch (rows {[ids[i] for i, r in enumerate(media) if not r][:5]} have no image); batch "
                 "them separately (savlens.extract does when given batch_size=1), or give every row an image."
             )
-        enc = model.encode(prompts, images, padding_side=padding_side, add_special_tokens=not chat)
+        if any(images) and any(videos) and not model.resolved.spec.videos_with_images:
+            raise VideoError(
+                f"{model.family} model {model.model_id!r} cannot take images and videos in one batch (transformers "
+                "mixes up their tokens, or its processor drops the images); batch the video examples apart from the "
+                "image examples (text-only rows may join either)."
+            )
+        enc = model.encode(
+            prompts,
+            images,
+            padding_side=padding_side,
+            add_special_tokens=not chat,
+            videos=videos if any(videos) else None,
+        )
         mask = enc["attention_mask"]
         lengths = mask.sum(-1)
         max_ctx = model.max_context
@@ -193,14 +224,19 @@ class Batch:
             )
         if int(lengths.min()) == 0:
             raise InputError(f"example {ids[int(lengths.argmin())]!r} encodes to zero tokens.")
-        image_mask = model.image_token_mask(enc["input_ids"])
+        image_mask, video_mask = model.media_masks(enc, [bool(r) for r in images], [bool(r) for r in videos])
         for i, e in enumerate(exs):
             if e.n_images and not bool(image_mask[i].any()):
                 raise InputError(
                     f"example {ids[i]!r} has images but its prompt has no image token; with a custom `messages` "
                     f"include one {model.resolved.spec.image_item} item per image."
                 )
-        model.add_position_inputs(enc, has_images=any(images))
+            if e.n_videos and not bool(video_mask[i].any()):
+                raise InputError(
+                    f"example {ids[i]!r} has videos but its prompt has no video token; with a custom `messages` "
+                    "include one {'type': 'video'} item per video."
+                )
+        model.add_position_inputs(enc, has_images=any(media))
         return cls(
             inputs=enc,
             example_ids=ids,
@@ -211,6 +247,8 @@ class Batch:
             fingerprint=model.fingerprint,
             padding_side=padding_side,
             prompt_template=prompt_template,
+            meta={"media": [_media_of(e, im, v) for e, im, v in zip(exs, images, videos)]},
+            video_mask=video_mask if any(videos) else None,
         )
 
 
@@ -268,8 +306,9 @@ def _from_inputs(
     if len(row_labels) != n:
         raise InputError(f"labels must have one entry per row ({n}); got {len(row_labels)}.")
     enc = model.forward_inputs(enc)
-    image_mask = model.image_token_mask(ids)
-    has_images = bool(image_mask.any())
+    video_mask = model.video_token_mask(enc)
+    image_mask = model.image_token_mask(ids) & ~video_mask
+    has_images = bool(image_mask.any() or video_mask.any())
     if has_images and not model.multimodal:
         raise InputError(f"these inputs hold image tokens but {model.family} model {model.model_id!r} is text-only.")
     if "position_ids" not in enc:
@@ -291,7 +330,30 @@ def _from_inputs(
         padding_side=side,
         prompt_template=None,
         meta={"from_inputs": True},
+        video_mask=video_mask if bool(video_mask.any()) else None,
     )
+
+
+def _media_of(example: Example, images: Sequence[Any], videos: Sequence[tuple[Any, Any]]) -> list[dict[str, Any]]:
+    """The row's images and videos in prompt order: images then videos, or the order of the ``messages`` items."""
+    items = [{"kind": "image", "index": i, "size": im.size, "frames": 1} for i, im in enumerate(images)]
+    vids = [
+        {"kind": "video", "index": j, "size": (int(f.shape[2]), int(f.shape[1])), "frames": int(f.shape[0])}
+        for j, (f, _) in enumerate(videos)
+    ]
+    if example.messages is None:
+        return items + vids
+    order: list[str] = [
+        str(c.get("type"))
+        for m in example.messages
+        if isinstance(m.get("content"), list)
+        for c in m["content"]
+        if isinstance(c, dict) and c.get("type") in ("image", "video")
+    ]
+    queues = {"image": iter(items), "video": iter(vids)}
+    out = [next(queues[k], None) for k in order]
+    rest = [x for x in items + vids if x not in out]
+    return [x for x in out if x is not None] + rest
 
 
 def _apply_template(template: str | None, example: Example, example_id: str) -> str:

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from savlens.errors import InputError, LoadError, ModelSpecError
+from savlens.errors import InputError, LoadError, ModelSpecError, VideoError
 from savlens.example import Example
 from savlens.models import ModelSpec, ResolvedSpec, Sizes, get_path, resolve_spec
 from savlens.models.registry import spec_and_source
@@ -85,6 +85,11 @@ class Model:
     @property
     def dtype(self) -> torch.dtype:
         return next(self.hf.parameters()).dtype
+
+    @property
+    def takes_video(self) -> bool:
+        """Whether the processor takes videos (it has a video processor)."""
+        return self.multimodal and getattr(self.processor, "video_processor", None) is not None
 
     @property
     def attn_implementation(self) -> str:
@@ -222,13 +227,15 @@ class Model:
     def render(self, example: Example, text: str, *, chat: bool = True, system_prompt: str | None = None) -> str:
         """Return the prompt string of ``example`` (its text already templated) for this model."""
         if not chat:
-            return self.raw_image_text() * example.n_images + text
+            videos = self.raw_image_text("video") * example.n_videos if example.n_videos else ""
+            return self.raw_image_text() * example.n_images + videos + text
         if example.messages is not None:
             messages = list(example.messages)
         else:
             content: Any
             if self.multimodal:
                 content = [dict(self.resolved.spec.image_item) for _ in range(example.n_images)]
+                content += [{"type": "video"} for _ in range(example.n_videos)]
                 content.append({"type": "text", "text": text})
             else:
                 content = text
@@ -244,8 +251,8 @@ class Model:
             )
         return str(templater.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
 
-    def raw_image_text(self) -> str:
-        """The text that stands for one image in a raw (``chat=False``) prompt.
+    def raw_image_text(self, kind: str = "image") -> str:
+        """The text that stands for one image (``kind="video"``: one video) in a raw (``chat=False``) prompt.
 
         The spec's ``raw_image_text`` if set; otherwise what the chat template writes for one image item (the
         difference between a user turn with and without an image), e.g. ``<|vision_start|><|image_pad|>
@@ -253,17 +260,18 @@ class Model:
         there is no chat template.
         """
         spec_text = self.resolved.spec.raw_image_text
-        if spec_text is not None:
+        if spec_text is not None and kind == "image":
             return spec_text
-        cached = getattr(self, "_raw_image_text", None)
-        if cached is not None:
-            return str(cached)
-        text = str(getattr(self.processor, "image_token", "") or "")
+        cache: dict[str, str] = self.__dict__.setdefault("_raw_media_text", {})
+        if kind in cache:
+            return cache[kind]
+        text = str(getattr(self.processor, f"{kind}_token", "") or "")
+        one = {"image": {"images": [Image.new("RGB", (1, 1))]}, "video": {"videos": [_BLANK_VIDEO]}}[kind]
         if getattr(self.processor, "chat_template", None) or getattr(self.tokenizer, "chat_template", None):
             try:
                 with_img, without = (
-                    self.render(Example("\x00", images=imgs), "\x00")  # type: ignore[arg-type]
-                    for imgs in ([Image.new("RGB", (1, 1))], [])
+                    self.render(Example("\x00", **media), "\x00")  # type: ignore[arg-type]
+                    for media in (one, {})
                 )
                 start = len(os.path.commonprefix([with_img, without]))
                 tail = len(os.path.commonprefix([with_img[::-1], without[::-1]]))
@@ -271,7 +279,7 @@ class Model:
                 text = markup.strip("\n") + ("\n" if markup.endswith("\n") else "") if markup.strip() else text
             except Exception:  # a template that cannot render an image item: fall back to the image token
                 pass
-        self._raw_image_text = text
+        cache[kind] = text
         return text
 
     def encode(
@@ -281,9 +289,14 @@ class Model:
         *,
         padding_side: str,
         add_special_tokens: bool = False,
+        videos: Sequence[Sequence[tuple[Any, Any]]] | None = None,
     ) -> dict[str, Any]:
         """Tokenise ``prompts`` and process ``images`` (one list per row, empty for a text-only row) into one
         padded batch of model inputs.
+
+        ``videos``: one list per row of ``(frames, metadata)`` (:meth:`savlens.Example.load_videos`), already
+        sampled: the video processor gets them with ``do_sample_frames=False`` and the metadata (frame rate,
+        sampled indices) that its prompt timestamps need.
 
         ``add_special_tokens``: False for chat-templated prompts (the template writes BOS where the model wants
         it); True for raw text, so the tokenizer adds its default special tokens (BOS for Llama, Gemma, Mistral).
@@ -301,6 +314,9 @@ class Model:
                     "return_tensors": "pt",
                     "add_special_tokens": add_special_tokens,
                 }
+                if videos and any(videos):
+                    flat = [v for row in videos for v in row]
+                    kw.update(videos=[f for f, _ in flat], video_metadata=[m for _, m in flat], do_sample_frames=False)
                 enc = self._process(kw, images)
             else:
                 enc = dict(tok(list(prompts), padding=True, return_tensors="pt", add_special_tokens=add_special_tokens))
@@ -373,6 +389,46 @@ class Model:
             return torch.zeros_like(input_ids, dtype=torch.bool)
         return input_ids == self.resolved.image_token_id
 
+    def video_token_mask(self, enc: dict[str, Any]) -> Tensor:
+        """Return ``batch pos`` True at video tokens.
+
+        Read from ``mm_token_type_ids == 2`` where the processor writes them (Qwen-VL, GLM-4V, Gemma 4), else from
+        the config's video token where it differs from the image token (LLaVA-OneVision, PerceptionLM, Ovis 2.5).
+        A family that writes video frames with the image token and marks them no other way (InternVL, SmolVLM,
+        Molmo 2) gets no video token here: :meth:`media_masks`, which knows which rows hold videos, assigns them.
+        """
+        ids = enc["input_ids"]
+        none = torch.zeros_like(ids, dtype=torch.bool)
+        if not self.multimodal:
+            return none
+        types = enc.get("mm_token_type_ids")
+        if isinstance(types, Tensor) and types.shape == ids.shape and bool((types == 2).any()):
+            return types == 2
+        vid, img = self.resolved.video_token_id, self.resolved.image_token_id
+        if vid is not None and vid != img:
+            return ids == vid
+        return none
+
+    def media_masks(
+        self, enc: dict[str, Any], rows_with_images: Sequence[bool], rows_with_videos: Sequence[bool]
+    ) -> tuple[Tensor, Tensor]:
+        """``(image_mask, video_mask)`` of an encoded batch whose rows hold the given media (see
+        :meth:`video_token_mask`); image tokens that are video frames are not in the image mask."""
+        ids = enc["input_ids"]
+        image = self.image_token_mask(ids)
+        video = self.video_token_mask(enc)
+        for row, (has_img, has_vid) in enumerate(zip(rows_with_images, rows_with_videos)):
+            if not has_vid or bool(video[row].any()):
+                continue
+            if has_img:
+                raise VideoError(
+                    f"{self.family} model {self.model_id!r} writes video frames with its image token and marks them "
+                    f"no other way, so the video tokens of row {row}, which also holds images, cannot be told from "
+                    "its image tokens; put the images and the videos in separate examples."
+                )
+            video[row] = image[row]
+        return image & ~video, video
+
     def add_position_inputs(self, enc: dict[str, Any], *, has_images: bool) -> None:
         """Add padding-aware ``position_ids`` where the family does not build them itself."""
 
@@ -387,6 +443,10 @@ class Model:
 _OPTIONAL_INPUTS = ("token_type_ids", "mm_token_type_ids")
 #: outputs of a processor that are never model inputs for feature capture
 _NEVER_INPUTS = ("labels",)
+
+
+#: a one-frame video: what a video item renders to does not depend on its frames
+_BLANK_VIDEO = [Image.new("RGB", (1, 1))]
 
 
 def _names_image_token(processor: Any, tok: Any, image_token_id: int) -> bool:

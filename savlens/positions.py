@@ -1,4 +1,5 @@
-"""Resolving positions (``"last"``, ``"image"``, ``"text"``, ``"all"``, indices) to per-row sequence indices.
+"""Resolving positions (``"last"``, ``"image"``, ``"video"``, ``"text"``, ``"all"``, indices) to per-row sequence
+indices.
 
 Indices are resolved per row against that row's own real tokens, so the same request means the same
 token under left or right padding: ``0`` is a row's first real token, ``-1`` its last.
@@ -17,10 +18,10 @@ from savlens.errors import PositionError
 if TYPE_CHECKING:
     from savlens.inputs import Batch
 
-#: "last" | "image" | "text" | "all", an index, or indices (a plain str in the type, so a wrong word gets a
+#: "last" | "image" | "video" | "text" | "all", an index, or indices (a plain str in the type, so a wrong word gets a
 #: PositionError naming the valid ones rather than a type-checker error)
 Positions = str | int | Sequence[int] | Tensor
-_NAMED = ("last", "image", "text", "all")
+_NAMED = ("last", "image", "video", "text", "all")
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class Selection:
     Attributes:
         index: ``batch pos`` sequence index read into each slot.
         mask: ``batch pos`` True where the slot holds a real position (ragged selections pad with False).
-        ragged: True when rows select different numbers of positions (``"image"`` / ``"text"``).
+        ragged: True when rows select different numbers of positions (``"image"`` / ``"video"`` / ``"text"``).
     """
 
     index: Int[Tensor, "batch pos"]
@@ -42,7 +43,8 @@ def select_positions(batch: "Batch", positions: Positions) -> Selection:
     """Resolve ``positions`` against ``batch`` (see module docstring).
 
     Raises:
-        PositionError: an index outside a row's tokens, a batch with no image tokens for ``"image"``,
+        PositionError: an index outside a row's tokens, a batch with no image tokens for ``"image"`` (no video
+            tokens for ``"video"``),
             an unknown position word.
     """
     mask = batch.attention_mask.bool()
@@ -61,6 +63,13 @@ def select_positions(batch: "Batch", positions: Positions) -> Selection:
                     "or use 'last' / 'text'."
                 )
             return _ragged(batch.image_mask)
+        if positions == "video":
+            if batch.video_mask is None or not bool(batch.video_mask.any()):
+                raise PositionError(
+                    "positions='video' but no row of this batch has video tokens; add videos to the examples "
+                    "(Example(videos=[...])) or use 'last' / 'image' / 'text'."
+                )
+            return _ragged(batch.video_mask)
         if positions == "text":
             return _ragged(batch.text_mask)
         raise PositionError(f"unknown positions {positions!r}; use one of {_NAMED} or a list of indices.")

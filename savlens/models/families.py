@@ -33,6 +33,7 @@ LLAVA_ONEVISION = ModelSpec(
     vision_projector=("model.multi_modal_projector", "multi_modal_projector"),
     text_config="text_config",
     image_token_attr=("image_token_id", "image_token_index"),
+    video_token_attr=("video_token_id", "video_token_index"),
     positions="mask_cumsum",
     vision_dims=("vision_batch", "vision_pos", "d_vision"),
     projector_dims=("vision_batch", "vision_pos", "d_model"),
@@ -47,6 +48,7 @@ _QWEN_COMMON = dict(
     vision_projector=("model.visual.merger", "visual.merger"),
     text_config="text_config",
     image_token_attr=("image_token_id",),
+    video_token_attr=("video_token_id",),
     positions="mrope",
     # the Qwen vision tower packs the patches of all images on one axis
     vision_dims=("vision_pos", "d_vision"),
@@ -74,6 +76,7 @@ TINY_VLM = ModelSpec(
     vision_projector=("multi_modal_projector",),
     text_config="text_config",
     image_token_attr=("image_token_id",),
+    video_token_attr=("video_token_id",),
     positions="mask_cumsum",
     vision_dims=("vision_batch", "d_vision", "vision_height", "vision_width"),  # a CNN's NCHW grid
     projector_dims=("vision_batch", "vision_pos", "d_model"),
@@ -92,7 +95,13 @@ REFERENCE = (DECODER_LM, LLAVA_ONEVISION, QWEN2_VL, QWEN2_5_VL)
 #: PaliGemma counts positions from 1, and its processor corrupts a text-only row in a batch with images (it
 #: splices ``<bos>`` into the row's text), so savlens refuses such batches.
 #: Mllama's image processor gives a text-only row no ``aspect_ratio_ids`` row, so it cannot sit beside image rows.
+#: GLM-4V's forward counts its video frames as image tokens too (both are ``<|image|>``), Molmo 2 refuses
+#: ``pixel_values`` with ``pixel_values_videos``, and SmolVLM's processor drops the images of a batch with videos:
+#: none of them takes images and videos in one batch.
 FAMILY_FACTS: dict[str, dict[str, object]] = {
     "paligemma": {"position_offset": 1, "text_rows_with_images": False},
     "mllama": {"text_rows_with_images": False},
+    "glm4v": {"videos_with_images": False},
+    "molmo2": {"videos_with_images": False},
+    "smolvlm": {"videos_with_images": False},
 }

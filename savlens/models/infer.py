@@ -69,6 +69,7 @@ IMAGE_TOKEN_ATTRS = (
     "vision_config.image_token_id",
     "image_token_ids",
 )
+VIDEO_TOKEN_ATTRS = ("video_token_id", "video_token_index")
 TEXT_CONFIG_ATTRS = ("text_config", "llm_config", "language_config", "text_model_config")
 
 _REGISTER_HINT = (
@@ -292,8 +293,12 @@ def _vision_hook(model: nn.Module, root: str) -> str:
     return f"{root}.{found[0]}.{found[1] - 1}"
 
 
-def _image_token_attr(config: Any) -> str | None:
-    for attr in IMAGE_TOKEN_ATTRS:
+def _video_token_attr(config: Any) -> str | None:
+    return _image_token_attr(config, VIDEO_TOKEN_ATTRS)
+
+
+def _image_token_attr(config: Any, attrs: tuple[str, ...] = IMAGE_TOKEN_ATTRS) -> str | None:
+    for attr in attrs:
         v = _get_dotted(config, attr)
         if isinstance(v, int) and not isinstance(v, bool):
             return attr
@@ -359,6 +364,7 @@ def infer_spec(model: nn.Module) -> ModelSpec:
     multimodal = hasattr(config, "vision_config") or bool(vision)
     projector = _find_projector(model, blocks) if multimodal else None
     image_attr = _image_token_attr(config) if multimodal else None
+    video_attr = _video_token_attr(config) if multimodal else None
     if multimodal and (projector is None or image_attr is None or not vision):
         missing = [
             what
@@ -392,6 +398,7 @@ def infer_spec(model: nn.Module) -> ModelSpec:
         vision_projector=(projector,) if projector else (),
         text_config=text_attr,
         image_token_attr=(image_attr,) if image_attr else (),
+        video_token_attr=(video_attr,) if video_attr else (),
         positions="mrope" if _uses_mrope(model, text_cfg) else "mask_cumsum",
         vision_dims=("vision_pos", "d_vision") if packed else ("vision_batch", "vision_pos", "d_vision"),
         projector_dims=("image_token", "d_model") if packed else ("vision_batch", "vision_pos", "d_model"),

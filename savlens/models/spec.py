@@ -88,6 +88,8 @@ class ModelSpec:
         vision_projector: candidate paths of the projector into the LM's embedding space.
         text_config: attribute of the config that holds the LM sizes (None: the config itself).
         image_token_attr: config attribute(s) holding the image-token id.
+        video_token_attr: config attribute(s) holding the video-token id (empty: the family has none, or writes
+            video frames with the image token).
         positions: ``"mask_cumsum"`` (savlens passes ``position_ids = cumsum(mask) - 1``) or ``"mrope"``
             (the model builds multimodal rotary positions itself from ``mm_token_type_ids``; savlens passes
             mask-derived positions only for text-only batches).
@@ -106,6 +108,8 @@ class ModelSpec:
         layers: per-layer kinds, paths and sizes, for models whose layers differ (linear attention, convolution,
             cross-attention, per-layer head sizes); None: every layer is softmax attention with the paths
             ``attn`` / ``q_proj`` / ... and the config's sizes.
+        videos_with_images: the model takes images and videos in one forward (GLM-4V, Molmo 2 and SmolVLM do not,
+            in transformers 5.25: their video frames share the image token, or the processor drops the images).
         raw_image_text: the text for one image in a raw (``chat=False``) prompt (None: what the chat template
             writes for an image item).
         matches: optional extra predicate ``model -> bool`` (for user specs of custom modules).
@@ -126,6 +130,7 @@ class ModelSpec:
     vision_projector: tuple[str, ...] = ()
     text_config: str | None = None
     image_token_attr: tuple[str, ...] = ()
+    video_token_attr: tuple[str, ...] = ()
     positions: PositionRule = "mask_cumsum"
     vision_dims: tuple[str, ...] = ("vision_batch", "vision_pos", "d_vision")
     projector_dims: tuple[str, ...] = ("vision_batch", "vision_pos", "d_model")
@@ -135,6 +140,7 @@ class ModelSpec:
     post_norms: bool = False
     position_offset: int = 0
     text_rows_with_images: bool = True
+    videos_with_images: bool = True
     raw_image_text: str | None = None
     layers: tuple[LayerSpec, ...] | None = None
     matches: Callable[[nn.Module], bool] | None = None
@@ -175,7 +181,15 @@ class ModelSpec:
 
     def image_token_id(self, config: Any) -> int | None:
         """The image-token id: the first of :attr:`image_token_attr` (dotted paths allowed) set in ``config``."""
-        for attr in self.image_token_attr:
+        return self._token_id(config, self.image_token_attr)
+
+    def video_token_id(self, config: Any) -> int | None:
+        """The video-token id: the first of :attr:`video_token_attr` set in ``config`` (None: no such token)."""
+        return self._token_id(config, self.video_token_attr)
+
+    @staticmethod
+    def _token_id(config: Any, attrs: tuple[str, ...]) -> int | None:
+        for attr in attrs:
             v: Any = config
             for seg in attr.split("."):
                 v = getattr(v, seg, None)
@@ -230,6 +244,7 @@ class ResolvedSpec:
     image_token_id: int | None
     source: str = "built-in"
     layers: tuple[LayerSpec, ...] = ()
+    video_token_id: int | None = None
 
     @property
     def family(self) -> str:
@@ -315,7 +330,10 @@ def resolve_spec(spec: ModelSpec, model: nn.Module, *, source: str = "built-in")
         raise ModelSpecError(
             f"spec {spec.family!r}: the config has none of {list(spec.image_token_attr)} (the image-token id)."
         )
-    return ResolvedSpec(spec, sizes, blocks, final_norm, unembed, venc, vproj, image_token_id, source, infos)
+    video_token_id = spec.video_token_id(config) if spec.multimodal else None
+    return ResolvedSpec(
+        spec, sizes, blocks, final_norm, unembed, venc, vproj, image_token_id, source, infos, video_token_id
+    )
 
 
 def _uniform_layer(spec: ModelSpec, sizes: Sizes) -> LayerSpec:

@@ -22,6 +22,7 @@ from savlens.plot._common import Number as Number
 from savlens.plot.attention import attention_on_image, attention_share_bars
 from savlens.plot.curves import accuracy_curve, accuracy_vs_k, accuracy_vs_shots
 from savlens.plot.embeddings import head_tsne, tsne_embedding
+from savlens.plot.grid import attention_on_grid
 from savlens.plot.heads import head_overlay, score_heatmap
 from savlens.plot.matrices import confusion_heatmap, transfer_heatmap
 from savlens.plot.votes import vote_histograms
@@ -30,6 +31,7 @@ __all__ = [
     "accuracy_curve",
     "accuracy_vs_k",
     "accuracy_vs_shots",
+    "attention_on_grid",
     "attention_on_image",
     "attention_share_bars",
     "confusion_heatmap",
