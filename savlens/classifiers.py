@@ -6,11 +6,14 @@
   unit, scored by nearest-centroid accuracy and voting as an SAV head does (Table 3b).
 
 All follow scikit-learn conventions (``fit`` returns self; ``predict``, ``predict_proba``, ``score``) and refuse
-features from another model or hook, as :class:`~savlens.sav.SAV` does.
+features from another model or hook, as :class:`~savlens.sav.SAV` does. :class:`HeadKNN` and
+:class:`HeadLinearProbe` also take :class:`~savlens.outofcore.StoredFeatures`: heads are scored streamed and only
+the selected heads are read, block by block (KNN's training matrix, ``example (k d_head)`` float32, is its model
+and is kept in memory; predictions are computed a block of queries at a time).
 """
 
 import dataclasses
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from typing import Any
 
 import einops
@@ -22,6 +25,7 @@ from torch import Tensor
 from savlens.cache import HeadFeatures
 from savlens.errors import ArgumentError, LabelError, LoadError, NotFittedError
 from savlens.heads import Head, HeadScores, HeadSet
+from savlens.outofcore import StoredFeatures, head_blocks
 from savlens.sav import SAV, Votes
 from savlens.scoring import EPS, Scorer, encode_labels, normalize_label, resolve_labels
 from savlens.threads import _check_threads, limit_threads
@@ -49,7 +53,7 @@ class _OnSelectedHeads:
         self.mode = mode
         self.seed = seed
 
-    def _select(self, features: HeadFeatures, labels: Sequence[Hashable] | None) -> list[Hashable]:
+    def _select(self, features: "HeadFeatures | StoredFeatures", labels: Sequence[Hashable] | None) -> list[Hashable]:
         labels = resolve_labels(features, labels, f"{self._what}.fit")
         sav = SAV(self.k, self.scorer, self.mode, self.seed)
         if self.heads is None:
@@ -62,25 +66,38 @@ class _OnSelectedHeads:
         self.classes_: tuple[Hashable, ...] = sav.classes_
         return labels
 
-    def _matrix(self, features: HeadFeatures, normalize_heads: bool = False) -> Tensor:
+    def _matrix(self, features: "HeadFeatures | StoredFeatures", normalize_heads: bool = False) -> Tensor:
+        return torch.cat(list(self._blocks(features, normalize_heads)))
+
+    def _blocks(self, features: "HeadFeatures | StoredFeatures", normalize_heads: bool = False) -> Iterator[Tensor]:
+        """The selected heads' concatenated vectors: one block for in-memory features, blocks of examples (only
+        the selected heads read) for stored ones."""
         if not hasattr(self, "sav_"):
             raise NotFittedError(f"{self._what}: not fitted yet; call fit(features) first.")
-        x = self.sav_.head_vectors(features)  # checks model / hook / grid
-        if normalize_heads:
-            x = x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(EPS)
-        return einops.rearrange(x, "example k d_head -> example (k d_head)")
+        sav = self.sav_
+        if isinstance(features, StoredFeatures):
+            sav._check_source(features, f"{self._what}")  # model / hook / grid
+            blocks: Iterable[Tensor] = (
+                x.to(sav.centroids_.device, sav.centroids_.dtype) for x in head_blocks(features, sav.heads_, self._what)
+            )
+        else:
+            blocks = [sav.head_vectors(features)]  # checks model / hook / grid
+        for x in blocks:
+            if normalize_heads:
+                x = x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(EPS)
+            yield einops.rearrange(x, "example k d_head -> example (k d_head)")
 
-    def predict_proba(self, features: HeadFeatures) -> Float[Tensor, "example class"]:
+    def predict_proba(self, features: "HeadFeatures | StoredFeatures") -> Float[Tensor, "example class"]:
         raise NotImplementedError
 
-    def predict(self, features: HeadFeatures) -> list[Hashable]:
+    def predict(self, features: "HeadFeatures | StoredFeatures") -> list[Hashable]:
         """Return the predicted label of each example."""
         return [self.classes_[i] for i in self._winners(features).tolist()]
 
-    def _winners(self, features: HeadFeatures) -> Tensor:
+    def _winners(self, features: "HeadFeatures | StoredFeatures") -> Tensor:
         return self.predict_proba(features).argmax(dim=-1)
 
-    def score(self, features: HeadFeatures, labels: Sequence[Hashable] | None = None) -> float:
+    def score(self, features: "HeadFeatures | StoredFeatures", labels: Sequence[Hashable] | None = None) -> float:
         """Return the accuracy of :meth:`predict` on labelled features."""
         truth = [normalize_label(v) for v in resolve_labels(features, labels, f"{self._what}.score")]
         return sum(p == t for p, t in zip(self.predict(features), truth)) / len(truth)
@@ -116,7 +133,7 @@ class HeadKNN(_OnSelectedHeads):
         super().__init__(heads, k=k, scorer=scorer, mode=mode, seed=seed)
         self.n_neighbors = n_neighbors
 
-    def fit(self, features: HeadFeatures, labels: Sequence[Hashable] | None = None) -> "HeadKNN":
+    def fit(self, features: "HeadFeatures | StoredFeatures", labels: Sequence[Hashable] | None = None) -> "HeadKNN":
         """Select heads and store the training examples' unit-normalised concatenated vectors."""
         labels = self._select(features, labels)
         n = features.n_examples
@@ -131,19 +148,22 @@ class HeadKNN(_OnSelectedHeads):
         self.codes_ = encode_labels(labels, what="HeadKNN.fit").codes
         return self
 
-    def _neighbour_votes(self, features: HeadFeatures) -> tuple[Tensor, Tensor]:
-        x = self._matrix(features)
-        x = x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(EPS)
-        sim, idx = (x @ self.train_.T).topk(self.n_neighbors, dim=-1)
-        onehot = F.one_hot(self.codes_[idx], len(self.classes_))
-        return onehot.sum(1), (onehot * sim[..., None]).sum(1)
+    def _neighbour_votes(self, features: "HeadFeatures | StoredFeatures") -> tuple[Tensor, Tensor]:
+        counts, summed = [], []
+        for x in self._blocks(features):  # a block of queries at a time
+            x = x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(EPS)
+            sim, idx = (x @ self.train_.T).topk(self.n_neighbors, dim=-1)
+            onehot = F.one_hot(self.codes_[idx], len(self.classes_))
+            counts.append(onehot.sum(1))
+            summed.append((onehot * sim[..., None]).sum(1))
+        return torch.cat(counts), torch.cat(summed)
 
-    def predict_proba(self, features: HeadFeatures) -> Float[Tensor, "example class"]:
+    def predict_proba(self, features: "HeadFeatures | StoredFeatures") -> Float[Tensor, "example class"]:
         """Return neighbour vote shares, columns in ``classes_`` order."""
         counts, _ = self._neighbour_votes(features)
         return counts.double() / self.n_neighbors
 
-    def _winners(self, features: HeadFeatures) -> Tensor:
+    def _winners(self, features: "HeadFeatures | StoredFeatures") -> Tensor:
         counts, summed = self._neighbour_votes(features)
         tied = counts == counts.max(dim=-1, keepdim=True).values
         return torch.where(tied, summed.double(), -torch.inf).argmax(dim=-1)
@@ -200,7 +220,9 @@ class HeadLinearProbe(_OnSelectedHeads):
         self.normalize = normalize
         self.n_threads = n_threads
 
-    def fit(self, features: HeadFeatures, labels: Sequence[Hashable] | None = None) -> "HeadLinearProbe":
+    def fit(
+        self, features: "HeadFeatures | StoredFeatures", labels: Sequence[Hashable] | None = None
+    ) -> "HeadLinearProbe":
         """Select heads and fit the logistic regression on their concatenated vectors."""
         threads = _check_threads(self.n_threads, "HeadLinearProbe", "n_threads")
         logistic_regression = _require_sklearn()  # imported before the limit, so that its BLAS / OpenMP are capped
@@ -212,7 +234,7 @@ class HeadLinearProbe(_OnSelectedHeads):
             self.model_.fit(x, codes.numpy())
         return self
 
-    def predict_proba(self, features: HeadFeatures) -> Float[Tensor, "example class"]:
+    def predict_proba(self, features: "HeadFeatures | StoredFeatures") -> Float[Tensor, "example class"]:
         """Return the probe's class probabilities, columns in ``classes_`` order."""
         threads = _check_threads(self.n_threads, "HeadLinearProbe", "n_threads")
         with limit_threads(threads):

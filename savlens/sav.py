@@ -22,7 +22,7 @@ from savlens.cache import HeadFeatures
 from savlens.errors import ArgumentError, FeatureError, LabelError, NotFittedError, SavlensError, StoreError
 from savlens.heads import Head, HeadScores, HeadSet
 from savlens.io import json_safe, read_json, read_tensors, sha256_bytes, tensors_to_bytes, write_bytes, write_json
-from savlens.outofcore import StoredFeatures
+from savlens.outofcore import StoredFeatures, head_blocks
 from savlens.pipeline import as_features, remembered
 from savlens.scoring import (
     EPS,
@@ -325,8 +325,7 @@ class SAV:
             self.vote_weights_: Float[Tensor, "k class"] = torch.ones(k, n_classes, dtype=torch.float64)
             return
         if isinstance(features, StoredFeatures):  # only the k selected heads, read block by block
-            parts = features.chunks(features.examples_per_chunk())
-            x = torch.cat([gather_heads(part, self.heads_, what) for part in parts])
+            x = torch.cat([block.float() for block in head_blocks(features, self.heads_, what)])
         else:
             x = gather_heads(features, self.heads_, what)
         sim = loo_similarity(x, enc.codes, n_classes)
@@ -338,7 +337,7 @@ class SAV:
 
     def fit_heads(
         self,
-        features: HeadFeatures,
+        features: "HeadFeatures | StoredFeatures",
         labels: Sequence[Hashable] | None = None,
         *,
         heads: "HeadSet | Iterable[Head | str | tuple[int, int]]",
@@ -374,11 +373,14 @@ class SAV:
             x = gather_heads(features, heads, what, upcast=False)
             centroids = torch.stack([x[enc.codes == c].mean(dim=0) for c in range(enc.n_classes)], dim=1)
         else:  # class sums in float64, block by block for stored features, then float32 centroids
-            parts = [features] if isinstance(features, HeadFeatures) else features.chunks(features.examples_per_chunk())
+            if isinstance(features, HeadFeatures):
+                blocks: Iterable[Tensor] = [gather_heads(features, heads, what)]
+            else:  # only the selected heads are read, block by block
+                blocks = head_blocks(features, heads, what)
             sums: Tensor | None = None
             start = 0
-            for part in parts:
-                x = gather_heads(part, heads, what).double()
+            for x in blocks:
+                x = x.double()
                 onehot = F.one_hot(enc.codes[start : start + x.shape[0]], enc.n_classes).double()
                 start += x.shape[0]
                 block = torch.einsum("nc,nkd->kcd", onehot, x)
@@ -439,10 +441,15 @@ class SAV:
         if isinstance(features, StoredFeatures):  # block by block, within savlens.outofcore.memory_bound()
             self._check_fitted("SAV.votes")
             self._check_source(features, "SAV.votes")
-            parts = [self.votes(part) for part in features.chunks(features.examples_per_chunk())]
+            blocks = head_blocks(features, self.heads_, "SAV.votes")  # only the k heads are read
+            parts = [self._votes_of(x.to(self.centroids_.device, self.centroids_.dtype)) for x in blocks]
             fields = ("votes", "counts", "similarity", "winners")
-            return Votes(self.heads_, self.classes_, *(torch.cat([getattr(p, f) for p in parts]) for f in fields))
-        x = self.head_vectors(features)
+            weighted = None if parts[0].tally is None else torch.cat([p.tally for p in parts if p.tally is not None])
+            cat = (torch.cat([getattr(p, f) for p in parts]) for f in fields)
+            return Votes(self.heads_, self.classes_, *cat, weighted)
+        return self._votes_of(self.head_vectors(features))
+
+    def _votes_of(self, x: Tensor) -> Votes:
         sim = F.cosine_similarity(x[:, :, None, :], self.centroids_[None], dim=-1, eps=EPS)
         votes = sim.argmax(dim=-1)
         n_classes = len(self.classes_)
