@@ -15,7 +15,7 @@ yet): ``python bench/gpu_extraction.py`` prints, per model and batch size (1-32,
 and writes them to ``--out`` (default ``bench/gpu_extraction.json``). ``--config tiny`` runs the same code on the
 tiny offline models on the CPU (the smoke test does so). The models' sizes are the published configs of
 ``llava-hf/llava-onevision-qwen2-7b-ov-hf`` and ``Qwen/Qwen2-VL-7B-Instruct`` (language model: 28 layers, hidden
-3584, 28 query / 4 key-value heads, MLP 18944; vision: SigLIP-so400m 26 layers / 1152 wide for LLaVA-OneVision,
+3584, 28 query / 4 key-value heads, MLP 18944, vocabulary 152064; vision: SigLIP-so400m 26 layers / 1152 wide for LLaVA-OneVision,
 a 32-block 1280-wide ViT for Qwen2-VL); the tokenizer and processor are the offline tiny ones (same special
 tokens, small vocabulary), so token ids stay in range and no hub download is needed. Weights are random: a
 throughput figure, not a model.
@@ -48,7 +48,7 @@ from savlens.testing.tiny import RECIPES, build_tiny  # noqa: E402
 
 LM_7B = dict(  # Qwen2-7B, the language model of both
     hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
-    max_position_embeddings=32768, rms_norm_eps=1e-6,
+    max_position_embeddings=32768, rms_norm_eps=1e-6, vocab_size=152064,
 )  # fmt: skip
 QWEN2_VL_VISION = dict(depth=32, embed_dim=1280, hidden_size=3584, num_heads=16, mlp_ratio=4, patch_size=14,
                        spatial_merge_size=2, temporal_patch_size=2)  # fmt: skip

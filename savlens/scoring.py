@@ -566,6 +566,28 @@ def _design(
     return torch.cat([x, torch.ones(*x.shape[:2], 1, dtype=x.dtype)], dim=-1)
 
 
+def _ridge_dual(a: Tensor, y: Tensor, mode: str, folds: Tensor | None, alpha: float) -> Tensor:
+    """Ridge predictions per head from the kernels ``A A^T`` (``head example p`` design, float64): in sample,
+    exact leave-one-out (``y - (B Y)_i / B_ii`` with ``B = (A A^T + alpha I)^-1``) or each fold's from the others:
+    ``head example class``."""
+    n = a.shape[1]
+    kernel = a @ a.transpose(1, 2)
+    eye = alpha * torch.eye(n, dtype=a.dtype)
+    if mode == "in_sample":
+        return kernel @ torch.cholesky_solve(y.expand(a.shape[0], *y.shape), torch.linalg.cholesky(kernel + eye))
+    if mode == "loo":
+        b = torch.cholesky_inverse(torch.linalg.cholesky(kernel + eye))
+        return y - (b @ y) / torch.diagonal(b, dim1=1, dim2=2)[..., None]
+    assert folds is not None
+    pred = torch.empty(a.shape[0], n, y.shape[1], dtype=a.dtype)
+    for f in torch.unique(folds).tolist():
+        test, train = torch.nonzero(folds == f).squeeze(1), torch.nonzero(folds != f).squeeze(1)
+        k_tr = kernel[:, train][:, :, train] + alpha * torch.eye(train.numel(), dtype=a.dtype)
+        coef = torch.cholesky_solve(y[train].expand(a.shape[0], -1, -1), torch.linalg.cholesky(k_tr))
+        pred[:, test] = kernel[:, test][:, :, train] @ coef
+    return pred
+
+
 def _probe_correct(
     features: "HeadFeatures | StoredFeatures",
     codes: Tensor,
@@ -580,7 +602,8 @@ def _probe_correct(
     Two passes per group of heads: the Gram matrix ``A^T A`` and ``A^T Y`` of every head (float64, ``p x p`` and
     ``p x class``; per fold too for k-fold), then each example's prediction: in sample from
     ``W = (A^T A + alpha I)^-1 A^T Y``; leave-one-out in closed form, ``(a.M A^T Y - h y) / (1 - h)`` with
-    ``M = (A^T A + alpha I)^-1`` and ``h = a.M a``; k-fold from the Gram matrices minus the test fold's.
+    ``M = (A^T A + alpha I)^-1`` and ``h = a.M a``; k-fold from the Gram matrices minus the test fold's. With no
+    more examples than ``p`` and all of them in one block (few-shot sets), the dual form on ``n x n`` kernels.
     """
     n, c, d = features.n_examples, n_classes, features.d_head
     p = d + 1
@@ -594,6 +617,16 @@ def _probe_correct(
     whole: Tensor | None = None  # the block, when one block holds every example: read once, not twice
     for heads, rows, step in _groups(features, state, temp):
         n_heads = heads.stop - heads.start
+        if n <= p and rows == n:  # few examples, all in one block: the dual form (n x n kernels) is cheaper
+            raw = whole = None
+            raw = _rows(features, 0, n, heads)
+            got = torch.zeros(n_heads, dtype=torch.long)
+            for j in range(0, n_heads, step):
+                a = _design(features, raw, 0, heads, j, step, what).transpose(0, 1)  # head example p
+                pred = _ridge_dual(a, y_all, mode, folds, alpha).transpose(0, 1)  # example head class
+                got[j : j + a.shape[0]] = (_winner(pred) == codes[:, None]).sum(0)
+            correct.append(got)
+            continue
         gram = torch.zeros(n_sets, n_heads, p, p, dtype=torch.float64)
         rhs = torch.zeros(n_sets, n_heads, p, c, dtype=torch.float64)
         raw = whole = None  # drop the previous group's block before reading this one's
@@ -607,13 +640,16 @@ def _probe_correct(
             for j in range(0, n_heads, step):
                 a = _design(features, raw, start, heads, j, step, what)
                 part = slice(j, j + a.shape[1])
-                gram[0, part] += torch.einsum("njp,njq->jpq", a, a)
-                rhs[0, part] += torch.einsum("njp,nc->jpc", a, y)
-                if fb is not None:
+                if fb is None:
+                    gram[0, part] += torch.einsum("njp,njq->jpq", a, a)
+                    rhs[0, part] += torch.einsum("njp,nc->jpc", a, y)
+                else:  # per fold; the whole sums are the folds' sums
                     for f in torch.unique(fb).tolist():
                         sel = torch.nonzero(fb == f).squeeze(1)
                         gram[1 + f, part] += torch.einsum("njp,njq->jpq", a[sel], a[sel])
                         rhs[1 + f, part] += torch.einsum("njp,nc->jpc", a[sel], y[sel])
+        if folds is not None:
+            gram[0], rhs[0] = gram[1:].sum(0), rhs[1:].sum(0)
         if mode == "in_sample":
             coef = torch.cholesky_solve(rhs[0], torch.linalg.cholesky(gram[0] + eye))
         elif mode == "loo":

@@ -148,16 +148,21 @@ def test_probe_streamed_equals_in_memory(store: Path, mode: str, bound: int, mon
         assert max(sizes) < 300 * 16 * 2  # no block holds every example of a head
 
 
-def test_probe_streamed_equals_brute_force_ridge(tmp_path: Path) -> None:
-    """The streamed probe against per-example refits (float64 solves), on a store read in blocks of 7 examples."""
+@pytest.mark.parametrize("n,d", [(24, 3), (8, 12)])  # more examples than p; fewer (dual in memory, primal streamed)
+def test_probe_streamed_equals_brute_force_ridge(tmp_path: Path, n: int, d: int) -> None:
+    """The probe in memory and streamed (blocks of 3 examples) against per-example refits (float64 solves)."""
     g = torch.Generator().manual_seed(1)
-    n, y = 24, [i % 2 for i in range(24)]
-    z = torch.randn(n, 1, 2, 3, generator=g)
+    y = [i % 2 for i in range(n)]
+    z = torch.randn(n, 1, 2, d, generator=g)
     z[:, 0, 0, 0] += torch.tensor(y, dtype=torch.float32)
     with FeatureStore(tmp_path / "s", {**HEADER, "layers": [0], "dtype": "float32", "order": None}) as fs:
         fs.append(z, [f"e{i}" for i in range(n)], y)
-    with bounded_memory(7 * 2 * 3 * 4 * 2):
+    mem = probe_accuracy(open_store(tmp_path / "s"), mode="loo", alpha=0.5)
+    sizes: list[int] = []
+    with bounded_memory(3 * d * 4 * 2), pytest.MonkeyPatch.context() as mp:
+        sizes = _record_blocks(mp)
         got = probe_accuracy(open_shards(tmp_path / "s"), mode="loo", alpha=0.5)
+    assert max(sizes) <= 3 * d * 4 and len(sizes) >= 2 * n // 3
     a = torch.cat([torch.nn.functional.normalize(z[:, 0].double(), dim=-1), torch.ones(n, 2, 1).double()], dim=-1)
     target = torch.nn.functional.one_hot(torch.tensor(y), 2).double()
     for head in range(2):
@@ -165,9 +170,9 @@ def test_probe_streamed_equals_brute_force_ridge(tmp_path: Path) -> None:
         for i in range(n):
             keep = [j for j in range(n) if j != i]
             ah = a[keep, head]
-            w = torch.linalg.solve(ah.T @ ah + 0.5 * torch.eye(4, dtype=torch.float64), ah.T @ target[keep])
+            w = torch.linalg.solve(ah.T @ ah + 0.5 * torch.eye(d + 1, dtype=torch.float64), ah.T @ target[keep])
             right += int((a[i, head] @ w).argmax()) == y[i]
-        assert got.scores[0, head].item() == right / n
+        assert got.scores[0, head].item() == right / n == mem.scores[0, head].item()
 
 
 def test_sav_reads_only_the_selected_heads(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
