@@ -15,10 +15,10 @@ yet): ``python bench/gpu_extraction.py`` prints, per model and batch size (1-32,
 and writes them to ``--out`` (default ``bench/gpu_extraction.json``). ``--config tiny`` runs the same code on the
 tiny offline models on the CPU (the smoke test does so). The models' sizes are the published configs of
 ``llava-hf/llava-onevision-qwen2-7b-ov-hf`` and ``Qwen/Qwen2-VL-7B-Instruct`` (language model: 28 layers, hidden
-3584, 28 query / 4 key-value heads, MLP 18944, vocabulary 152064; vision: SigLIP-so400m 26 layers / 1152 wide for LLaVA-OneVision,
-a 32-block 1280-wide ViT for Qwen2-VL); the tokenizer and processor are the offline tiny ones (same special
-tokens, small vocabulary), so token ids stay in range and no hub download is needed. Weights are random: a
-throughput figure, not a model.
+3584, 28 query / 4 key-value heads, MLP 18944, vocabulary 152064; vision: SigLIP-so400m 26 layers / 1152 wide for
+LLaVA-OneVision, a 32-block 1280-wide ViT for Qwen2-VL); the tokenizer and processor are the offline tiny ones
+(same special tokens, small vocabulary), so token ids stay in range and no hub download is needed. Weights are
+random: a throughput figure, not a model.
 """
 
 from __future__ import annotations
@@ -71,7 +71,9 @@ def build(family: str, config: str, device: str, dtype: torch.dtype) -> savlens.
         for key, value in QWEN2_VL_VISION.items():
             setattr(cfg.vision_config, key, value)
         text.rope_parameters = {**text.rope_parameters, "mrope_section": [16, 24, 24], "rope_theta": 1e6}
-        processor.image_processor.min_pixels = processor.image_processor.max_pixels = 448 * 448
+        ip = processor.image_processor  # 448 x 448 pixels: 256 image tokens
+        ip.size = {"shortest_edge": 448 * 448, "longest_edge": 448 * 448}
+        ip.min_pixels = ip.max_pixels = 448 * 448
     else:
         for key, value in SIGLIP_SO400M.items():
             setattr(cfg.vision_config, key, value)

@@ -147,9 +147,7 @@ class StoredFeatures:
         }
 
     # reading ----------------------------------------------------------------------------------------
-    def rows(
-        self, start: int, stop: int, heads: slice | Tensor | None = None
-    ) -> Float[Tensor, "example head d_head"]:
+    def rows(self, start: int, stop: int, heads: slice | Tensor | None = None) -> Float[Tensor, "example head d_head"]:
         """Return examples ``start:stop`` (store order) of the flat heads ``heads`` (layer-major), stored dtype.
 
         ``heads`` is a slice or an int64 tensor of flat head indices (:func:`head_indices`). Only those rows and
@@ -235,11 +233,7 @@ class StoredFeatures:
     def check_compatible(self, other: "HeadFeatures | StoredFeatures", what: str = "these features") -> None:
         """Raise :class:`FeatureError` unless ``other`` comes from the same model, hook, positions and grid
         (as :meth:`HeadFeatures.check_compatible`)."""
-        mine, theirs = self.describe(), other.describe()
-        diff = {k: (mine[k], theirs[k]) for k in mine if mine[k] != theirs[k] and k != "prompt_template"}
-        if diff:
-            parts = "; ".join(f"{k}: {a!r} vs {b!r}" for k, (a, b) in diff.items())
-            raise FeatureError(f"cannot mix {what}: they come from different sources ({parts}).")
+        check_same_source(self, other, what)
 
     def load(self) -> HeadFeatures:
         """Read the whole store into memory (refused when it is larger than :func:`memory_bound`)."""
@@ -310,9 +304,19 @@ def block_sizes(
     return heads, rows, step
 
 
-def head_indices(
-    features: "HeadFeatures | StoredFeatures", heads: "Iterable[Any]", what: str = "features"
-) -> Tensor:
+def check_same_source(
+    features: "HeadFeatures | StoredFeatures", other: "HeadFeatures | StoredFeatures", what: str = "these features"
+) -> None:
+    """Raise :class:`FeatureError` unless two sets of features, in memory or stored, come from the same model, hook,
+    positions and grid (prompt templates may differ), as :meth:`HeadFeatures.check_compatible`."""
+    mine, theirs = features.describe(), other.describe()
+    diff = {k: (mine[k], theirs[k]) for k in mine if mine[k] != theirs[k] and k != "prompt_template"}
+    if diff:
+        parts = "; ".join(f"{k}: {a!r} vs {b!r}" for k, (a, b) in diff.items())
+        raise FeatureError(f"cannot mix {what}: they come from different sources ({parts}).")
+
+
+def head_indices(features: "HeadFeatures | StoredFeatures", heads: "Iterable[Any]", what: str = "features") -> Tensor:
     """Return the flat (layer-major) indices of ``heads`` (:class:`~savlens.heads.Head` objects, in order) in
     ``features``, whose ``layers`` hold model layer numbers.
 

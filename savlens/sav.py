@@ -445,8 +445,8 @@ class SAV:
             parts = [self._votes_of(x.to(self.centroids_.device, self.centroids_.dtype)) for x in blocks]
             fields = ("votes", "counts", "similarity", "winners")
             weighted = None if parts[0].tally is None else torch.cat([p.tally for p in parts if p.tally is not None])
-            cat = (torch.cat([getattr(p, f) for p in parts]) for f in fields)
-            return Votes(self.heads_, self.classes_, *cat, weighted)
+            votes, counts, sim, winners = (torch.cat([getattr(p, f) for p in parts]) for f in fields)
+            return Votes(self.heads_, self.classes_, votes, counts, sim, winners, weighted)
         return self._votes_of(self.head_vectors(features))
 
     def _votes_of(self, x: Tensor) -> Votes:

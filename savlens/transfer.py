@@ -24,7 +24,7 @@ from savlens.cache import HeadFeatures
 from savlens.compare import jaccard, spearman
 from savlens.errors import ArgumentError
 from savlens.heads import HeadScores, HeadSet
-from savlens.outofcore import StoredFeatures
+from savlens.outofcore import StoredFeatures, check_same_source
 from savlens.sav import SAV
 from savlens.scoring import Scorer
 
@@ -312,7 +312,7 @@ def transfer_matrix(
     first = splits[names[0]].train
     for name, split in splits.items():
         for part, feats in (("train", split.train), ("test", split.test)):
-            first.check_compatible(feats, f"the features of task {names[0]!r} and task {name!r} ({part})")
+            check_same_source(first, feats, f"the features of task {names[0]!r} and task {name!r} ({part})")
     savs = {t: SAV(k, scorer, mode, seed, reference).fit(splits[t].train) for t in names}
     acc = torch.zeros(len(names), len(names), dtype=torch.float64)
     for i, source in enumerate(names):

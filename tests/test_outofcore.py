@@ -228,6 +228,10 @@ def test_transfer_matrix_on_stored_features_equals_in_memory(store: Path) -> Non
     assert torch.equal(got.accuracy, mem.accuracy) and got.heads == mem.heads
     assert all(torch.equal(got.baselines[b], mem.baselines[b]) for b in ("random", "all"))
     assert got.random_accuracy == mem.random_accuracy
+    (tr, te), (tr2, te2) = parts["a"], parts["b"]
+    mixed = {"a": (mem_feats.subset(tr), mem_feats.subset(te)), "b": (stored.subset(tr2), stored.subset(te2))}
+    with bounded_memory(BOUND):
+        assert torch.equal(transfer_matrix(mixed, k=2).accuracy, mem.accuracy)  # in memory and stored, mixed
 
 
 def test_subset_reads_the_chosen_examples(store: Path) -> None:
