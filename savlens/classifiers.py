@@ -7,11 +7,14 @@
 
 All follow the estimator contract of :class:`~savlens.sav.SAV` (:class:`~savlens.estimator.Estimator`: ``fit``
 returns self; ``predict``, ``predict_proba``, ``score``; ``get_params`` / ``set_params`` / ``repr`` from the
-signature) and refuse features made otherwise than the training features, as the SAV does.
+signature) and refuse features made otherwise than the training features, as the SAV does. :class:`HeadKNN` and
+:class:`HeadLinearProbe` also take :class:`~savlens.outofcore.StoredFeatures`: heads are scored streamed and only
+the selected heads are read, block by block (KNN's training matrix, ``example (k d_head)`` float32, is its model
+and is kept in memory; predictions are computed a block of queries at a time).
 """
 
 import dataclasses
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import einops
@@ -24,6 +27,7 @@ from savlens.cache import HeadFeatures
 from savlens.errors import ArgumentError, LabelError, LoadError
 from savlens.estimator import Estimator
 from savlens.heads import Head, HeadScores, HeadSet
+from savlens.outofcore import StoredFeatures, head_blocks
 from savlens.sav import SAV
 from savlens.scoring import EPS, Criterion, encode_labels, normalize_label, resolve_labels
 from savlens.threads import _check_threads, limit_threads
@@ -43,7 +47,7 @@ class _OnSelectedHeads(Estimator):
     mode: str | None
     seed: int
 
-    def _select(self, features: HeadFeatures, labels: Sequence[Hashable] | None) -> list[Hashable]:
+    def _select(self, features: "HeadFeatures | StoredFeatures", labels: Sequence[Hashable] | None) -> list[Hashable]:
         labels = resolve_labels(features, labels, f"{type(self).__name__}.fit")
         sav = SAV(self.k, self.criterion, self.mode, self.seed)
         if self.heads is None:
@@ -56,24 +60,40 @@ class _OnSelectedHeads(Estimator):
         self.classes_: tuple[Hashable, ...] = sav.classes_
         return labels
 
-    def _matrix(self, features: HeadFeatures, what: str, normalize_heads: bool = False) -> Tensor:
-        x = self.sav_._head_vectors(features, f"{type(self).__name__}.{what}")  # checks how they were made
-        if normalize_heads:
-            x = x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(EPS)
-        return einops.rearrange(x, "example k d_head -> example (k d_head)")
+    def _matrix(self, features: "HeadFeatures | StoredFeatures", what: str, normalize_heads: bool = False) -> Tensor:
+        return torch.cat(list(self._blocks(features, what, normalize_heads)))
 
-    def predict_proba(self, features: HeadFeatures) -> Float[Tensor, "example class"]:
+    def _blocks(
+        self, features: "HeadFeatures | StoredFeatures", what: str, normalize_heads: bool = False
+    ) -> Iterator[Tensor]:
+        """The selected heads' concatenated vectors: one block for in-memory features, blocks of examples (only
+        the selected heads read) for stored ones. Checks that the features were made as the training features."""
+        what = f"{type(self).__name__}.{what}"
+        sav = self.sav_
+        if isinstance(features, StoredFeatures):
+            sav._check_source(features, what)
+            blocks: Iterable[Tensor] = (
+                x.to(sav.centroids_.device, sav.centroids_.dtype) for x in head_blocks(features, sav.heads_, what)
+            )
+        else:
+            blocks = [sav._head_vectors(features, what)]
+        for x in blocks:
+            if normalize_heads:
+                x = x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(EPS)
+            yield einops.rearrange(x, "example k d_head -> example (k d_head)")
+
+    def predict_proba(self, features: "HeadFeatures | StoredFeatures") -> Float[Tensor, "example class"]:
         raise NotImplementedError
 
-    def predict(self, features: HeadFeatures) -> list[Hashable]:
+    def predict(self, features: "HeadFeatures | StoredFeatures") -> list[Hashable]:
         """Return the predicted label of each example."""
         self._check_fitted(f"{type(self).__name__}.predict")
         return [self.classes_[i] for i in self._winners(features).tolist()]
 
-    def _winners(self, features: HeadFeatures) -> Tensor:
+    def _winners(self, features: "HeadFeatures | StoredFeatures") -> Tensor:
         return self.predict_proba(features).argmax(dim=-1)
 
-    def score(self, features: HeadFeatures, labels: Sequence[Hashable] | None = None) -> float:
+    def score(self, features: "HeadFeatures | StoredFeatures", labels: Sequence[Hashable] | None = None) -> float:
         """Return the accuracy of :meth:`predict` on labelled features."""
         self._check_fitted(f"{type(self).__name__}.score")
         truth = [normalize_label(v) for v in resolve_labels(features, labels, f"{type(self).__name__}.score")]
@@ -114,7 +134,7 @@ class HeadKNN(_OnSelectedHeads):
         self.mode = mode
         self.seed = seed
 
-    def fit(self, features: HeadFeatures, labels: Sequence[Hashable] | None = None) -> "HeadKNN":
+    def fit(self, features: "HeadFeatures | StoredFeatures", labels: Sequence[Hashable] | None = None) -> "HeadKNN":
         """Select heads and store the training examples' unit-normalised concatenated vectors."""
         labels = self._select(features, labels)
         n = features.n_examples
@@ -129,20 +149,23 @@ class HeadKNN(_OnSelectedHeads):
         self.codes_ = encode_labels(labels, what="HeadKNN.fit").codes
         return self
 
-    def _neighbour_votes(self, features: HeadFeatures) -> tuple[Tensor, Tensor]:
-        x = self._matrix(features, "predict")
-        x = x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(EPS)
-        sim, idx = (x @ self.train_.T).topk(self.n_neighbors, dim=-1)
-        onehot = F.one_hot(self.codes_[idx], len(self.classes_))
-        return onehot.sum(1), (onehot * sim[..., None]).sum(1)
+    def _neighbour_votes(self, features: "HeadFeatures | StoredFeatures") -> tuple[Tensor, Tensor]:
+        counts, summed = [], []
+        for x in self._blocks(features, "predict"):  # a block of queries at a time
+            x = x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(EPS)
+            sim, idx = (x @ self.train_.T).topk(self.n_neighbors, dim=-1)
+            onehot = F.one_hot(self.codes_[idx], len(self.classes_))
+            counts.append(onehot.sum(1))
+            summed.append((onehot * sim[..., None]).sum(1))
+        return torch.cat(counts), torch.cat(summed)
 
-    def predict_proba(self, features: HeadFeatures) -> Float[Tensor, "example class"]:
+    def predict_proba(self, features: "HeadFeatures | StoredFeatures") -> Float[Tensor, "example class"]:
         """Return neighbour vote shares, columns in ``classes_`` order."""
         self._check_fitted("HeadKNN.predict_proba")
         counts, _ = self._neighbour_votes(features)
         return counts.double() / self.n_neighbors
 
-    def _winners(self, features: HeadFeatures) -> Tensor:
+    def _winners(self, features: "HeadFeatures | StoredFeatures") -> Tensor:
         counts, summed = self._neighbour_votes(features)
         tied = counts == counts.max(dim=-1, keepdim=True).values
         return torch.where(tied, summed.double(), -torch.inf).argmax(dim=-1)
@@ -203,7 +226,9 @@ class HeadLinearProbe(_OnSelectedHeads):
         self.seed = seed
         self.n_threads = n_threads
 
-    def fit(self, features: HeadFeatures, labels: Sequence[Hashable] | None = None) -> "HeadLinearProbe":
+    def fit(
+        self, features: "HeadFeatures | StoredFeatures", labels: Sequence[Hashable] | None = None
+    ) -> "HeadLinearProbe":
         """Select heads and fit the logistic regression on their concatenated vectors."""
         threads = _check_threads(self.n_threads, "HeadLinearProbe", "n_threads")
         logistic_regression = _require_sklearn()  # imported before the limit, so that its BLAS / OpenMP are capped
@@ -215,7 +240,7 @@ class HeadLinearProbe(_OnSelectedHeads):
             self.model_ = model.fit(x, codes.numpy())
         return self
 
-    def predict_proba(self, features: HeadFeatures) -> Float[Tensor, "example class"]:
+    def predict_proba(self, features: "HeadFeatures | StoredFeatures") -> Float[Tensor, "example class"]:
         """Return the probe's class probabilities, columns in ``classes_`` order."""
         self._check_fitted("HeadLinearProbe.predict_proba")
         threads = _check_threads(self.n_threads, "HeadLinearProbe", "n_threads")

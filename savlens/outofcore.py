@@ -19,7 +19,7 @@ Example:
 
 import contextlib
 import os
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +100,7 @@ class StoredFeatures:
     # sizes ------------------------------------------------------------------------------------------
     @property
     def n_examples(self) -> int:
-        return int(self._starts[-1])
+        return len(self.example_ids)
 
     @property
     def n_layers(self) -> int:
@@ -121,8 +121,8 @@ class StoredFeatures:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the features on disk."""
-        return sum(z.numel() * z.element_size() for z in self.shards)
+        """Bytes of these examples' features on disk (of the examples :meth:`subset` kept)."""
+        return self.n_examples * self.n_layers * self.n_heads * self.d_head * self.dtype.itemsize
 
     def __len__(self) -> int:
         return self.n_examples
@@ -139,12 +139,16 @@ class StoredFeatures:
         return describe_features(self)
 
     # reading ----------------------------------------------------------------------------------------
-    def rows(self, start: int, stop: int, heads: slice | None = None) -> Float[Tensor, "example head d_head"]:
+    def rows(self, start: int, stop: int, heads: slice | Tensor | None = None) -> Float[Tensor, "example head d_head"]:
         """Return examples ``start:stop`` (store order) of the flat heads ``heads`` (layer-major), stored dtype.
 
-        Only those rows and heads are read from the shards (one copy).
+        ``heads`` is a slice or an int64 tensor of flat head indices (:func:`head_indices`). Only those rows and
+        heads are copied out of the shards.
         """
         heads = slice(None) if heads is None else heads
+        if stop <= start:
+            z0 = self.shards[0]
+            return z0.reshape(z0.shape[0], -1, z0.shape[-1])[:0, heads].clone()
         if self._perm is None:
             lo = int(torch.searchsorted(self._starts, start, right=True)) - 1
             parts = []
@@ -157,14 +161,19 @@ class StoredFeatures:
                     parts.append(flat[start - base : start - base + take, heads])
                     start += take
                 lo += 1
-            return parts[0].clone() if len(parts) == 1 else torch.cat(parts)
+            if len(parts) > 1:
+                return torch.cat(parts)
+            return parts[0] if isinstance(heads, Tensor) else parts[0].clone()  # an index already copied
         pos = self._perm[start:stop]
         shard = torch.searchsorted(self._starts, pos, right=True) - 1
         out = None
         for s in torch.unique(shard).tolist():
             where = torch.nonzero(shard == s).squeeze(1)
             z = self.shards[s]
-            block = z.reshape(z.shape[0], -1, z.shape[-1])[:, heads][pos[where] - self._starts[s]]
+            flat = z.reshape(z.shape[0], -1, z.shape[-1])
+            local = pos[where] - self._starts[s]
+            # a slice of heads is a view: index its rows; index tensors pick (row, head) pairs, copying only them
+            block = flat[:, heads][local] if isinstance(heads, slice) else flat[local[:, None], heads[None, :]]
             if out is None:
                 out = torch.empty((stop - start, *block.shape[1:]), dtype=block.dtype)
             out[where] = block
@@ -196,6 +205,27 @@ class StoredFeatures:
         ``bytes_per_example`` (default: a row in the stored dtype plus its float32 copy)."""
         per = bytes_per_example or self.n_layers * self.n_heads * self.d_head * (self.dtype.itemsize + 4)
         return max(1, memory_bound() // 4 // max(1, per))
+
+    def subset(self, indices: "Sequence[int] | Tensor") -> "StoredFeatures":
+        """Return the examples at ``indices`` (store order; each at most once) as :class:`StoredFeatures` over the
+        same shards (nothing is read), e.g. a task's training and test split of one store."""
+        idx = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
+        n = self.n_examples
+        if idx.numel() and (int(idx.min()) < -n or int(idx.max()) >= n):
+            raise ArgumentError(f"StoredFeatures.subset: indices must lie in [-{n}, {n}); got {indices!r}.")
+        idx = idx % max(1, n)
+        if len(set(idx.tolist())) != idx.numel():
+            raise ArgumentError("StoredFeatures.subset: indices repeat an example; example ids must stay unique.")
+        perm = (idx if self._perm is None else self._perm[idx]).tolist()
+        info = {**self.describe(), "meta": self.meta}
+        picked = idx.tolist()
+        labels = None if self.labels is None else [self.labels[i] for i in picked]
+        return StoredFeatures(self.shards, [self.example_ids[i] for i in picked], labels, perm, info)
+
+    def check_compatible(self, other: "HeadFeatures | StoredFeatures", what: str = "these features") -> None:
+        """Raise :class:`FeatureError` unless ``other`` comes from the same model, hook, positions and grid
+        (as :meth:`HeadFeatures.check_compatible`)."""
+        check_same_source(self, other, what)
 
     def load(self) -> HeadFeatures:
         """Read the whole store into memory (refused when it is larger than :func:`memory_bound`)."""
@@ -264,3 +294,59 @@ def block_sizes(
         rows = max(1, min(n, bound // 2 // max(1, heads * raw_per_example_head)))
     step = max(1, min(16, heads, bound // 4 // max(1, rows * temp_per_example_head)))
     return heads, rows, step
+
+
+def check_same_source(
+    features: "HeadFeatures | StoredFeatures", other: "HeadFeatures | StoredFeatures", what: str = "these features"
+) -> None:
+    """Raise :class:`FeatureError` unless two sets of features, in memory or stored, come from the same model, hook,
+    positions and grid (prompt templates may differ), as :meth:`HeadFeatures.check_compatible`."""
+    mine, theirs = features.describe(), other.describe()
+    diff = {k: (mine[k], theirs[k]) for k in mine if mine[k] != theirs[k] and k != "prompt_template"}
+    if diff:
+        parts = "; ".join(f"{k}: {a!r} vs {b!r}" for k, (a, b) in diff.items())
+        raise FeatureError(f"cannot mix {what}: they come from different sources ({parts}).")
+
+
+def head_indices(features: "HeadFeatures | StoredFeatures", heads: "Iterable[Any]", what: str = "features") -> Tensor:
+    """Return the flat (layer-major) indices of ``heads`` (:class:`~savlens.heads.Head` objects, in order) in
+    ``features``, whose ``layers`` hold model layer numbers.
+
+    Raises:
+        FeatureError: a head's layer is not in the features, or its head index is past ``head_index``.
+    """
+    layers = list(features.layers or ())
+    flat = []
+    for h in heads:
+        if h.layer not in layers:
+            raise FeatureError(
+                f"{what}: head {h} needs layer {h.layer}, which these features do not hold (layers {layers})."
+            )
+        if h.head >= features.n_heads:
+            raise FeatureError(f"{what}: head {h} does not exist; these features have head_index={features.n_heads}.")
+        flat.append(layers.index(h.layer) * features.n_heads + h.head)
+    return torch.tensor(flat, dtype=torch.long)
+
+
+def head_blocks(
+    features: StoredFeatures, heads: "Iterable[Any]", what: str = "features"
+) -> Iterator[Float[Tensor, "example k d_head"]]:
+    """Yield the vectors of ``heads`` (in order) for consecutive blocks of examples, in the stored dtype.
+
+    Only those heads are read from the shards (``k d_head`` values per example, not whole rows); a block holds as
+    many examples as fit a quarter of :func:`memory_bound` (the block, its float32 and float64 copies). NaN or
+    infinite values raise :class:`FeatureError` naming the example and head, as for in-memory features.
+    """
+    heads = list(heads)
+    idx = head_indices(features, heads, what)
+    per = len(heads) * features.d_head * (features.dtype.itemsize + 4 + 8)
+    rows = max(1, memory_bound() // 4 // max(1, per))
+    for start in range(0, features.n_examples, rows):
+        block = features.rows(start, min(start + rows, features.n_examples), idx)
+        finite = torch.isfinite(block).all(dim=-1)
+        if not finite.all():
+            i, j = torch.nonzero(~finite)[0].tolist()
+            raise FeatureError(
+                f"{what}: NaN or infinite values in head {heads[j]} of example {features.example_ids[start + i]!r}."
+            )
+        yield block

@@ -23,7 +23,7 @@ from savlens.errors import ArgumentError, FeatureError, LabelError
 from savlens.estimator import Estimator
 from savlens.heads import Head, HeadScores, HeadSet
 from savlens.io import json_safe
-from savlens.outofcore import StoredFeatures
+from savlens.outofcore import StoredFeatures, head_blocks
 from savlens.pipeline import EXTRACT_OPTIONS, extract_for, is_model
 from savlens.sav_io import COMPARED, load_sav, save_sav, template_hash
 from savlens.scoring import (
@@ -282,8 +282,7 @@ class SAV(Estimator):
             self.vote_weights_: Float[Tensor, "k class"] = torch.ones(k, n_classes, dtype=torch.float64)
             return
         if isinstance(features, StoredFeatures):  # only the k selected heads, read block by block
-            parts = features.chunks(features.examples_per_chunk())
-            x = torch.cat([gather_heads(part, self.heads_, what) for part in parts])
+            x = torch.cat([block.float() for block in head_blocks(features, self.heads_, what)])
         else:
             x = gather_heads(features, self.heads_, what)
         sim = loo_similarity(x, enc.codes, n_classes)
@@ -331,11 +330,14 @@ class SAV(Estimator):
             x = gather_heads(features, heads, what, upcast=False)
             centroids = torch.stack([x[enc.codes == c].mean(dim=0) for c in range(enc.n_classes)], dim=1)
         else:  # class sums in float64, block by block for stored features, then float32 centroids
-            parts = [features] if isinstance(features, HeadFeatures) else features.chunks(features.examples_per_chunk())
+            if isinstance(features, HeadFeatures):
+                blocks: Iterable[Tensor] = [gather_heads(features, heads, what)]
+            else:  # only the selected heads are read, block by block
+                blocks = head_blocks(features, heads, what)
             sums: Tensor | None = None
             start = 0
-            for part in parts:
-                x = gather_heads(part, heads, what).double()
+            for x in blocks:
+                x = x.double()
                 onehot = F.one_hot(enc.codes[start : start + x.shape[0]], enc.n_classes).double()
                 start += x.shape[0]
                 block = torch.einsum("nc,nkd->kcd", onehot, x)
@@ -434,9 +436,11 @@ class SAV(Estimator):
         _check_features(features, what, "pass sav.extract(model, examples)")
         if isinstance(features, StoredFeatures):  # block by block, within savlens.outofcore.memory_bound()
             self._check_source(features, what)
-            parts = features.chunks(features.examples_per_chunk())
-            return Votes.concat([self._votes(part, what) for part in parts])
-        x = self._head_vectors(features, what)
+            blocks = head_blocks(features, self.heads_, what)  # only the k heads are read
+            return Votes.concat([self._votes_of(x.to(self.centroids_.device, self.centroids_.dtype)) for x in blocks])
+        return self._votes_of(self._head_vectors(features, what))
+
+    def _votes_of(self, x: Tensor) -> Votes:
         sim = F.cosine_similarity(x[:, :, None, :], self.centroids_[None], dim=-1, eps=EPS)
         votes = sim.argmax(dim=-1)
         n_classes = len(self.classes_)

@@ -556,52 +556,140 @@ def centroid_accuracy(
 # linear probe ----------------------------------------------------------------------------------------
 
 
-def _ridge_predict(a_tr: Tensor, y_tr: Tensor, a_te: Tensor, alpha: float) -> Tensor:
-    """Fit ridge per head on ``head example p`` design ``a_tr``, predict ``a_te``: ``head example class``."""
-    m, p = a_tr.shape[1], a_tr.shape[2]
-    if m <= p:  # dual: (A A^T + alpha I)^-1 Y
-        k = a_tr @ a_tr.transpose(1, 2) + alpha * torch.eye(m, dtype=a_tr.dtype)
-        coef = torch.cholesky_solve(y_tr.expand(a_tr.shape[0], *y_tr.shape), torch.linalg.cholesky(k))
-        return (a_te @ a_tr.transpose(1, 2)) @ coef
-    gram = a_tr.transpose(1, 2) @ a_tr + alpha * torch.eye(p, dtype=a_tr.dtype)
-    w = torch.cholesky_solve(a_tr.transpose(1, 2) @ y_tr, torch.linalg.cholesky(gram))
-    return a_te @ w
+def _design(
+    features: "HeadFeatures | StoredFeatures", raw: Tensor, start: int, heads: slice, j: int, step: int, what: str
+) -> Tensor:
+    """The probe's design rows of heads ``j:j+step`` of a block: the unit-normalised head vector and a constant 1,
+    float64 ``example head p`` (p = d_head + 1)."""
+    x = _as_f64(features, raw, start, heads, j, step, what)
+    x = x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(EPS)
+    return torch.cat([x, torch.ones(*x.shape[:2], 1, dtype=x.dtype)], dim=-1)
 
 
-def _ridge_loo(a: Tensor, y: Tensor, alpha: float) -> Tensor:
-    """Exact leave-one-out ridge predictions per head: ``head example class``."""
-    n, p = a.shape[1], a.shape[2]
-    if n <= p:  # B = (K + alpha I)^-1; LOO residual = (B Y)_i / B_ii
-        b = torch.cholesky_inverse(torch.linalg.cholesky(a @ a.transpose(1, 2) + alpha * torch.eye(n, dtype=a.dtype)))
+def _ridge_dual(a: Tensor, y: Tensor, mode: str, folds: Tensor | None, alpha: float) -> Tensor:
+    """Ridge predictions per head from the kernels ``A A^T`` (``head example p`` design, float64): in sample,
+    exact leave-one-out (``y - (B Y)_i / B_ii`` with ``B = (A A^T + alpha I)^-1``) or each fold's from the others:
+    ``head example class``."""
+    n = a.shape[1]
+    kernel = a @ a.transpose(1, 2)
+    eye = alpha * torch.eye(n, dtype=a.dtype)
+    if mode == "in_sample":
+        return kernel @ torch.cholesky_solve(y.expand(a.shape[0], *y.shape), torch.linalg.cholesky(kernel + eye))
+    if mode == "loo":
+        b = torch.cholesky_inverse(torch.linalg.cholesky(kernel + eye))
         return y - (b @ y) / torch.diagonal(b, dim1=1, dim2=2)[..., None]
-    inv = torch.cholesky_inverse(torch.linalg.cholesky(a.transpose(1, 2) @ a + alpha * torch.eye(p, dtype=a.dtype)))
-    ap = a @ inv
-    fitted = ap @ (a.transpose(1, 2) @ y)
-    h = (ap * a).sum(-1, keepdim=True)
-    return (fitted - h * y) / (1 - h)
-
-
-def _ridge_kfold_correct(a: Tensor, y: Tensor, codes: Tensor, folds: Tensor, alpha: float) -> Tensor:
-    """Count per head the test examples a ridge probe fitted on the other folds gets right."""
-    p = a.shape[2]
-    correct = torch.zeros(a.shape[0], dtype=torch.long)
-    gram: Tensor | None = None
-    rhs: Tensor | None = None
-    for f in range(int(folds.max()) + 1):
+    assert folds is not None
+    pred = torch.empty(a.shape[0], n, y.shape[1], dtype=a.dtype)
+    for f in torch.unique(folds).tolist():
         test, train = torch.nonzero(folds == f).squeeze(1), torch.nonzero(folds != f).squeeze(1)
-        if not test.numel():
+        k_tr = kernel[:, train][:, :, train] + alpha * torch.eye(train.numel(), dtype=a.dtype)
+        coef = torch.cholesky_solve(y[train].expand(a.shape[0], -1, -1), torch.linalg.cholesky(k_tr))
+        pred[:, test] = kernel[:, test][:, :, train] @ coef
+    return pred
+
+
+def _probe_correct(
+    features: "HeadFeatures | StoredFeatures",
+    codes: Tensor,
+    n_classes: int,
+    mode: str,
+    folds: Tensor | None,
+    alpha: float,
+    what: str,
+) -> Tensor:
+    """Count per flat head the examples a ridge probe gets right, streaming blocks of examples and heads.
+
+    Two passes per group of heads: the Gram matrix ``A^T A`` and ``A^T Y`` of every head (float64, ``p x p`` and
+    ``p x class``; per fold too for k-fold), then each example's prediction: in sample from
+    ``W = (A^T A + alpha I)^-1 A^T Y``; leave-one-out in closed form, ``(a.M A^T Y - h y) / (1 - h)`` with
+    ``M = (A^T A + alpha I)^-1`` and ``h = a.M a``; k-fold from the Gram matrices minus the test fold's. With no
+    more examples than ``p`` and all of them in one block (few-shot sets), the dual form on ``n x n`` kernels.
+    """
+    n, c, d = features.n_examples, n_classes, features.d_head
+    p = d + 1
+    n_folds = int(folds.max()) + 1 if folds is not None else 0
+    n_sets = 1 + n_folds
+    state = (n_sets * (p * p + p * c) + p * p + max(1, n_folds) * p * c) * 8 * 2
+    temp = (p * 4 + c * 6) * 8 + 64
+    y_all = F.one_hot(codes, c).double()
+    eye = alpha * torch.eye(p, dtype=torch.float64)
+    correct = []
+    whole: Tensor | None = None  # the block, when one block holds every example: read once, not twice
+    for heads, rows, step in _groups(features, state, temp):
+        n_heads = heads.stop - heads.start
+        if n <= p and rows == n:  # few examples, all in one block: the dual form (n x n kernels) is cheaper
+            raw = whole = None
+            raw = _rows(features, 0, n, heads)
+            got = torch.zeros(n_heads, dtype=torch.long)
+            for j in range(0, n_heads, step):
+                a = _design(features, raw, 0, heads, j, step, what).transpose(0, 1)  # head example p
+                pred = _ridge_dual(a, y_all, mode, folds, alpha).transpose(0, 1)  # example head class
+                got[j : j + a.shape[0]] = (_winner(pred) == codes[:, None]).sum(0)
+            correct.append(got)
             continue
-        a_te = a[:, test]
-        if train.numel() > p:  # primal: downdate the full Gram matrix by the test fold
-            if gram is None or rhs is None:
-                gram, rhs = a.transpose(1, 2) @ a, a.transpose(1, 2) @ y
-            g = gram - a_te.transpose(1, 2) @ a_te + alpha * torch.eye(p, dtype=a.dtype)
-            w = torch.cholesky_solve(rhs - a_te.transpose(1, 2) @ y[test], torch.linalg.cholesky(g))
-            scores = a_te @ w
-        else:
-            scores = _ridge_predict(a[:, train], y[train], a_te, alpha)
-        correct += (scores.argmax(-1) == codes[test]).sum(-1)
-    return correct
+        gram = torch.zeros(n_sets, n_heads, p, p, dtype=torch.float64)
+        rhs = torch.zeros(n_sets, n_heads, p, c, dtype=torch.float64)
+        raw = whole = None  # drop the previous group's block before reading this one's
+        for start in range(0, n, rows):
+            stop = min(start + rows, n)
+            raw = None  # drop the previous block before reading the next
+            raw = _rows(features, start, stop, heads)
+            whole = raw if stop - start == n else None
+            y = y_all[start:stop]
+            fb = folds[start:stop] if folds is not None else None
+            for j in range(0, n_heads, step):
+                a = _design(features, raw, start, heads, j, step, what)
+                part = slice(j, j + a.shape[1])
+                if fb is None:
+                    gram[0, part] += torch.einsum("njp,njq->jpq", a, a)
+                    rhs[0, part] += torch.einsum("njp,nc->jpc", a, y)
+                else:  # per fold; the whole sums are the folds' sums
+                    for f in torch.unique(fb).tolist():
+                        sel = torch.nonzero(fb == f).squeeze(1)
+                        gram[1 + f, part] += torch.einsum("njp,njq->jpq", a[sel], a[sel])
+                        rhs[1 + f, part] += torch.einsum("njp,nc->jpc", a[sel], y[sel])
+        if folds is not None:
+            gram[0], rhs[0] = gram[1:].sum(0), rhs[1:].sum(0)
+        if mode == "in_sample":
+            coef = torch.cholesky_solve(rhs[0], torch.linalg.cholesky(gram[0] + eye))
+        elif mode == "loo":
+            inverse = torch.cholesky_inverse(torch.linalg.cholesky(gram[0] + eye))
+            coef = inverse @ rhs[0]
+        else:  # one probe per fold, fitted on the other folds
+            coef = torch.stack(
+                [
+                    torch.cholesky_solve(rhs[0] - rhs[1 + f], torch.linalg.cholesky(gram[0] - gram[1 + f] + eye))
+                    for f in range(n_folds)
+                ]
+            )
+        del gram, rhs
+        got = torch.zeros(n_heads, dtype=torch.long)
+        for start in range(0, n, rows):
+            stop = min(start + rows, n)
+            if whole is None:
+                raw = None  # drop the previous block before reading the next
+                raw = _rows(features, start, stop, heads)
+            else:
+                raw = whole
+            yb, cb = y_all[start:stop], codes[start:stop]
+            fb = folds[start:stop] if folds is not None else None
+            for j in range(0, n_heads, step):
+                a = _design(features, raw, start, heads, j, step, what)
+                part = slice(j, j + a.shape[1])
+                if mode == "in_sample":
+                    pred = torch.einsum("njp,jpc->njc", a, coef[part])
+                elif mode == "loo":
+                    h = torch.einsum("njp,jpq,njq->nj", a, inverse[part], a)[..., None]
+                    pred = (torch.einsum("njp,jpc->njc", a, coef[part]) - h * yb[:, None]) / (1 - h)
+                else:
+                    assert fb is not None
+                    pred = torch.empty(a.shape[0], a.shape[1], c, dtype=torch.float64)
+                    for f in torch.unique(fb).tolist():
+                        sel = torch.nonzero(fb == f).squeeze(1)
+                        pred[sel] = torch.einsum("njp,jpc->njc", a[sel], coef[f, part])
+                got[part] += (_winner(pred) == cb[:, None]).sum(0)
+        correct.append(got)
+    return torch.cat(correct)
 
 
 @register_criterion("probe")
@@ -616,13 +704,18 @@ def probe_accuracy(
 ) -> HeadScores:
     """Score every head by the held-out accuracy of a linear probe on that head alone.
 
-    The probe is a ridge-regression classifier (least squares on one-hot targets, predicted class = argmax,
-    first maximum) on the unit-normalised head vector plus a constant feature, penalty ``alpha`` on all
-    weights. It is solved in closed form for all heads at once (batched Cholesky, primal or dual form,
-    whichever is smaller), so no per-head loop of model fits.
+    The probe is a ridge-regression classifier (least squares on one-hot targets, predicted class = the first
+    class within ``LOO_TIE_TOL`` of the highest prediction) on the unit-normalised head vector plus a constant
+    feature, penalty ``alpha`` on all weights. It is solved in closed form for all heads at once from each head's
+    Gram matrix (float64, ``(d_head + 1)^2`` per head; batched Cholesky), so no per-head loop of model fits.
+
+    ``features`` may be :class:`~savlens.outofcore.StoredFeatures`: the store is then read in blocks of examples
+    and heads, two passes per group of heads (Gram matrices, then predictions), with working memory within
+    :func:`savlens.outofcore.memory_bound`; in-memory features go through the same code in one block, so both
+    give the same scores.
 
     Args:
-        features: ``example layer head_index d_head`` head features.
+        features: ``example layer head_index d_head`` head features, in memory or in a store.
         labels: one label per example; None uses ``features.labels``.
         mode: ``"loo"`` (exact closed-form leave-one-out), ``"kfold"`` (:func:`stratified_folds`) or
             ``"in_sample"`` (training accuracy; near 1 whenever d_head >= examples).
@@ -636,26 +729,19 @@ def probe_accuracy(
         [[1.0, 0.0]]
     """
     what = "probe_accuracy"
-    if isinstance(features, StoredFeatures):  # not streamed: loaded when within the memory bound
-        features = features.load()
     if mode not in MODES:
         raise ArgumentError(f"{what}: mode must be one of {MODES}; got {mode!r}.")
     if not alpha > 0:
         raise ArgumentError(f"{what}: alpha must be > 0; got {alpha!r}.")
     enc = encode_labels(resolve_labels(features, labels, what), what=what)
-    x = _flat(head_matrix(features, what))
-    x = x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(EPS)
-    a = torch.cat([x, torch.ones(*x.shape[:2], 1, dtype=x.dtype)], dim=-1).transpose(0, 1)  # head example p
-    y = F.one_hot(enc.codes, enc.n_classes).to(x.dtype)
+    if features.n_examples == 0:
+        raise FeatureError(f"{what}: the features hold no examples.")
     params: dict[str, Any] = {"alpha": alpha, "n_examples": features.n_examples}
-    if mode == "in_sample":
-        pred = _ridge_predict(a, y, a, alpha).argmax(-1)
-        correct = (pred == enc.codes).sum(-1)
-    elif mode == "loo":
-        correct = (_ridge_loo(a, y, alpha).argmax(-1) == enc.codes).sum(-1)
-    else:
+    folds = None
+    if mode == "kfold":
         params.update(n_folds=n_folds, seed=seed)
-        correct = _ridge_kfold_correct(a, y, enc.codes, stratified_folds(enc.codes, n_folds, seed), alpha)
+        folds = stratified_folds(enc.codes, n_folds, seed)
+    correct = _probe_correct(features, enc.codes, enc.n_classes, mode, folds, float(alpha), what)
     table = (correct.double() / features.n_examples).reshape(features.n_layers, features.n_heads)
     return HeadScores(table, "probe", mode, params, features.layers)
 

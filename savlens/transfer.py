@@ -5,6 +5,10 @@ columns: where they are used); its diagonal is the plain SAV of each task. With 
 it adds, per column, the accuracy of ``k`` random heads and of all heads, without which a transfer number cannot
 be read. :meth:`TransferMatrix.mean` averages matrices over seeds (mean and sd). :func:`task_overlap` compares
 the tasks' head selections (Jaccard of the top-k sets) and rankings (Spearman correlation of the score tables).
+
+Splits may be :class:`~savlens.outofcore.StoredFeatures` (e.g. ``open_shards(path).subset(indices)``): every SAV is
+then scored and fitted streamed, reading only the selected heads for centroids and votes, within
+:func:`savlens.outofcore.memory_bound`, and the matrix equals the one computed on the same features in memory.
 """
 
 from collections.abc import Mapping, Sequence
@@ -20,16 +24,17 @@ from savlens.cache import PROMPT_FIELDS, HeadFeatures
 from savlens.compare import jaccard, spearman
 from savlens.errors import ArgumentError, FeatureError
 from savlens.heads import HeadScores, HeadSet
+from savlens.outofcore import StoredFeatures, check_same_source
 from savlens.sav import SAV
 from savlens.scoring import Criterion
 
 
 @dataclass(frozen=True)
 class TaskSplit:
-    """A task's labelled few-shot training features and labelled test features."""
+    """A task's labelled few-shot training features and labelled test features (in memory or stored)."""
 
-    train: HeadFeatures
-    test: HeadFeatures
+    train: "HeadFeatures | StoredFeatures"
+    test: "HeadFeatures | StoredFeatures"
 
 
 def _table(tasks: tuple[str, ...], values: Tensor, fmt: str, rows: Sequence[str] = ()) -> str:
@@ -262,7 +267,7 @@ def _check_same_prompt(name: str, split: TaskSplit) -> None:
 
 
 def transfer_matrix(
-    tasks: Mapping[str, TaskSplit | tuple[HeadFeatures, HeadFeatures]],
+    tasks: "Mapping[str, TaskSplit | tuple[HeadFeatures | StoredFeatures, HeadFeatures | StoredFeatures]]",
     *,
     k: int = 20,
     criterion: str | Criterion = "centroid",
@@ -318,8 +323,9 @@ def transfer_matrix(
     first = splits[names[0]].train
     for name, split in splits.items():
         for part, feats in (("train", split.train), ("test", split.test)):
-            first.check_compatible(feats, f"the features of task {names[0]!r} and task {name!r} ({part})")
+            check_same_source(first, feats, f"the features of task {names[0]!r} and task {name!r} ({part})")
         _check_same_prompt(name, split)
+
     def make(n_heads: int = k) -> SAV:
         return SAV(n_heads, criterion, mode, seed, reference)
 
