@@ -15,7 +15,7 @@ and is kept in memory; predictions are computed a block of queries at a time).
 
 import dataclasses
 from collections.abc import Hashable, Iterable, Iterator, Sequence
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import einops
 import torch
@@ -24,7 +24,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from savlens.cache import HeadFeatures
-from savlens.errors import ArgumentError, LabelError, LoadError
+from savlens.errors import ArgumentError, LabelError
 from savlens.estimator import Estimator
 from savlens.heads import Head, HeadScores, HeadSet
 from savlens.outofcore import StoredFeatures, head_blocks
@@ -171,21 +171,11 @@ class HeadKNN(_OnSelectedHeads):
         return torch.where(tied, summed.double(), -torch.inf).argmax(dim=-1)
 
 
-def _require_sklearn() -> Any:
-    try:
-        from sklearn.linear_model import LogisticRegression
-    except ImportError:
-        raise LoadError(
-            "HeadLinearProbe needs scikit-learn, which is not installed: pip install 'savlens[sklearn]'."
-        ) from None
-    return LogisticRegression
-
-
 class HeadLinearProbe(_OnSelectedHeads):
     """Logistic-regression probe (scikit-learn) on the selected heads' concatenated vectors (Table 3a).
 
     Each head vector is unit-normalised before concatenation when ``normalize`` is True (the cosine geometry
-    SAV uses; it also keeps the solver well conditioned). Needs scikit-learn (``pip install 'savlens[sklearn]'``).
+    SAV uses; it also keeps the solver well conditioned).
 
     ``fit`` and ``predict_proba`` (so ``predict`` and ``score``) run under
     :func:`~savlens.threads.limit_threads` with ``n_threads`` threads for torch and for the BLAS / OpenMP
@@ -231,12 +221,13 @@ class HeadLinearProbe(_OnSelectedHeads):
     ) -> "HeadLinearProbe":
         """Select heads and fit the logistic regression on their concatenated vectors."""
         threads = _check_threads(self.n_threads, "HeadLinearProbe", "n_threads")
-        logistic_regression = _require_sklearn()  # imported before the limit, so that its BLAS / OpenMP are capped
+        from sklearn.linear_model import LogisticRegression  # before the limit, so that its BLAS / OpenMP are capped
+
         with limit_threads(threads):
             labels = self._select(features, labels)
             codes = encode_labels(labels, what="HeadLinearProbe.fit").codes
             x = self._matrix(features, "fit", self.normalize).double().numpy()
-            model = logistic_regression(C=self.C, max_iter=self.max_iter, random_state=self.seed)
+            model = LogisticRegression(C=self.C, max_iter=self.max_iter, random_state=self.seed)
             self.model_ = model.fit(x, codes.numpy())
         return self
 

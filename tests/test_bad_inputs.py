@@ -10,7 +10,6 @@ Inputs that are accepted with a conversion instead (grey, RGBA, 16-bit, 1x1 imag
 tested at the end; docs/errors/input-error.md records each decision.
 """
 
-import builtins
 import hashlib
 import json
 import re
@@ -893,26 +892,6 @@ def _(env: Env) -> Call:
 )
 def _(env: Env) -> Call:
     return Call(lambda: SAV(k=2, criterion="centroids").fit(_features()))
-
-
-@bad(
-    "HeadLinearProbe without scikit-learn",
-    LoadError,
-    r"HeadLinearProbe needs scikit-learn, which is not installed",
-    r"pip install 'savlens\[sklearn\]'",
-)
-def _(env: Env) -> Call:
-    from savlens.classifiers import HeadLinearProbe
-
-    real_import = builtins.__import__
-
-    def no_sklearn(name: str, *args: Any, **kwargs: Any) -> Any:
-        if name.startswith("sklearn"):
-            raise ImportError(name)
-        return real_import(name, *args, **kwargs)
-
-    env.monkeypatch.setattr(builtins, "__import__", no_sklearn)
-    return Call(lambda: HeadLinearProbe(k=2).fit(_features()))
 
 
 # ---- the harness ---------------------------------------------------------------------------------------------

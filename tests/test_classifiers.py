@@ -1,6 +1,5 @@
 """KNN and linear probe on the selected heads (Table 3a), sparse layers (Table 3b)."""
 
-import builtins
 import dataclasses
 
 import pytest
@@ -62,22 +61,6 @@ def test_linear_probe_matches_logistic_regression_on_normalised_heads() -> None:
 
     ref = linear_model.LogisticRegression(C=1.0, max_iter=1000, random_state=0).fit(design(train), train.labels)
     assert torch.allclose(probe.predict_proba(test), torch.from_numpy(ref.predict_proba(design(test))), atol=1e-6)
-
-
-def test_linear_probe_without_scikit_learn_says_how_to_install(monkeypatch) -> None:
-    real_import = builtins.__import__
-
-    def no_sklearn(name, *args, **kwargs):
-        if name.startswith("sklearn"):
-            raise ImportError(name)
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_sklearn)
-    train, _ = split()
-    with pytest.raises(
-        SavlensError, match=r"needs scikit-learn, which is not installed: pip install 'savlens\[sklearn\]'"
-    ):
-        HeadLinearProbe(k=3).fit(train)
 
 
 def test_classifier_errors() -> None:

@@ -42,8 +42,6 @@ CASES: dict[str, tuple[Callable[[], Any], str]] = {
 
 
 def _make(name: str) -> Any:
-    if name == "HeadLinearProbe":
-        pytest.importorskip("sklearn")
     return CASES[name][0]()
 
 
@@ -94,7 +92,6 @@ def test_not_fitted_is_an_attribute_error_as_in_scikit_learn(name: str) -> None:
 
 @pytest.mark.parametrize("name", CASES)
 def test_scikit_learn_clone(name: str) -> None:
-    pytest.importorskip("sklearn")
     from sklearn.base import clone
 
     est = _make(name).fit(_features())

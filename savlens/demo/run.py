@@ -1,7 +1,6 @@
 """The demo's forward passes, its results table and :func:`run_demo`: SAV against zero-shot answering,
 other classifiers on the same features, a control model, image-only features and chance."""
 
-import importlib.util
 import json
 import sys
 import time
@@ -210,13 +209,11 @@ def _paired(
     seed: int,
 ) -> dict[str, Any]:
     """SAV vs the model's greedy and restricted answers on the same questions: exact McNemar p and a paired
-    bootstrap 95% interval of accuracy(SAV) - accuracy(answer); {} without scipy (an optional dependency)."""
+    bootstrap 95% interval of accuracy(SAV) - accuracy(answer)."""
     from savlens.stats import mcnemar_exact, paired_bootstrap
 
     ok = [p == t for p, t in zip(sav_pred, truth)]
     out: dict[str, Any] = {}
-    if not _installed("scipy"):  # mcnemar_exact needs scipy.stats (an optional dependency)
-        return out
     for name, answers in (("greedy", greedy), ("restricted", restricted)):
         if not answers or (name == "restricted" and all(a is None for a in answers)):
             continue  # no label has its own token: there is no restricted answer
@@ -230,11 +227,6 @@ def _paired(
             "ci95": [bs.low, bs.high],
         }
     return out
-
-
-def _installed(module: str) -> bool:
-    """Whether an optional dependency can be imported (what the demo's optional rows need)."""
-    return importlib.util.find_spec(module) is not None
 
 
 def paired_lines(paired: dict[str, Any]) -> list[str]:
@@ -324,11 +316,8 @@ def run_demo(
         _row(f"SAV with all {n_units} heads voting", all_heads.score(test), n),
         _row(f"sparse layers: best {k_layers} layer(s), same feature budget", layers.score(test), n),
     ]
-    if _installed("sklearn"):  # scikit-learn is optional; any error of the probe itself is raised
-        probe = HeadLinearProbe(sav.heads_, seed=seed).fit(train)
-        rows.append(_row(f"logistic probe on the same {k} heads", probe.score(test), n))
-    else:
-        rows.append(_row(f"logistic probe on the same {k} heads", None, n, "needs scikit-learn"))
+    probe = HeadLinearProbe(sav.heads_, seed=seed).fit(train)
+    rows.append(_row(f"logistic probe on the same {k} heads", probe.score(test), n))
     greedy, restricted = zero_shot(test, tokens)
     rows += zero_shot_rows(greedy, restricted, truth, has_tokens=any(tokens.values()))
     labels = list(train.labels or [])

@@ -6,7 +6,7 @@ state (backend, current figure) is touched, and the figure is freed when it goes
 
 The values drawn are the values given: :func:`score_heatmap` draws ``HeadScores.scores`` as they are and marks
 the cells of the selected heads, :func:`transfer_heatmap` draws ``TransferMatrix.accuracy``, and so on. Needs
-matplotlib (``pip install 'savlens[plot]'``); :func:`head_tsne` also needs scikit-learn.
+matplotlib (``pip install 'savlens[plot]'``).
 
 Example:
     >>> import torch

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from savlens.cache import HeadFeatures
-from savlens.errors import FeatureError, LoadError
+from savlens.errors import FeatureError
 from savlens.heads import Head, HeadScores, HeadSet
 from savlens.plot._common import class_colors, figure
 
@@ -32,12 +32,8 @@ def tsne_embedding(
         seed: ``random_state`` of t-SNE (PCA initialisation): the same features and seed give the same map.
         normalize: unit-normalise the vectors first (the cosine geometry the SAV votes in).
     """
-    try:
-        from sklearn.manifold import TSNE
-    except ImportError:
-        raise LoadError(
-            "head_tsne needs scikit-learn, which is not installed: pip install 'savlens[sklearn]'."
-        ) from None
+    from sklearn.manifold import TSNE
+
     from savlens.sav import gather_heads
 
     h = Head.coerce(head)
