@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import savlens
+from savlens.engine import model_inputs as _model_inputs
 from savlens.models import get_path
-from savlens.tracing import _model_inputs
 
 
 def model_inputs(model: savlens.Model, batch: savlens.Batch) -> dict[str, Any]:

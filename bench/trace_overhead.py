@@ -9,7 +9,7 @@ interleaved in the same rounds (:func:`bench.harness.measure`: every round runs 
   each row's last token (what ``t.save("blocks.*.attn.hook_z")`` saves), registered and removed per call;
 - ``trace``: ``with savlens.trace(model, batch) as t: t.save("blocks.*.attn.hook_z")`` (logits at the last
   token), as users call it: names and plan cached, plain torch hooks;
-- ``trace_nnsight``: the same trace through nnsight with no cache (``tracing.PLAIN_HOOKS = False`` and a fresh
+- ``trace_nnsight``: the same trace through nnsight with no cache (``engine.PLAIN_HOOKS = False`` and a fresh
   plan), which is what every trace cost before the cache and the plain-hooks path.
 
 *added* is the median CPU time of a contender minus the median CPU time of ``bare`` in the same rounds (with one
@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 import savlens  # noqa: E402
 from bench.harness import loadavg, measure, paired_ratio  # noqa: E402
-from savlens import tracing  # noqa: E402
+from savlens import engine  # noqa: E402
 from savlens.testing.tiny import FAMILIES, build_tiny  # noqa: E402
 
 OUT = ROOT / "bench" / "trace_overhead.json"
@@ -49,7 +49,7 @@ CONTENDERS = ("bare", "hooks", "trace", "trace_nnsight")
 
 def contenders(model: savlens.Model, batch: savlens.Batch) -> dict[str, Any]:
     """The four calls timed for one model and batch (see the module docstring)."""
-    inputs = tracing._model_inputs(model, batch, "last")
+    inputs = engine.model_inputs(model, batch, "last")
     last = batch.last_index
     rows = torch.arange(last.shape[0])
     modules = [model.module(model.resolved.block_path(layer, "o_proj")) for layer in range(model.n_layers)]
@@ -75,13 +75,13 @@ def contenders(model: savlens.Model, batch: savlens.Batch) -> dict[str, Any]:
         return z.value, t.logits
 
     def trace_nnsight() -> Any:
-        old = tracing.PLAIN_HOOKS
-        tracing.PLAIN_HOOKS = False
-        tracing._CACHES.pop(model, None)  # resolve and plan again, as before the cache
+        old = engine.PLAIN_HOOKS
+        engine.PLAIN_HOOKS = False
+        engine.CACHES.pop(model, None)  # resolve and plan again, as before the cache
         try:
             return trace()
         finally:
-            tracing.PLAIN_HOOKS = old
+            engine.PLAIN_HOOKS = old
 
     return {"bare": bare, "hooks": hooks, "trace": trace, "trace_nnsight": trace_nnsight}
 

@@ -8,7 +8,7 @@ import torch
 from conftest import mixed_examples, tiny
 
 import savlens
-from savlens import tracing
+from savlens import engine, tracing
 from savlens.testing.tiny import ALL_FAMILIES, build_tiny
 
 
@@ -31,15 +31,14 @@ def _run(model: savlens.Model, batch: savlens.Batch, saves: list[tuple[object, o
 
 
 def _uncached_nnsight(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tracing, "PLAIN_HOOKS", False)
-    monkeypatch.setattr(tracing, "_cached_plan", lambda model, requests: tracing._plan(model, requests))
-    monkeypatch.setattr(tracing, "_module", lambda model, path: model.module(path))
-    monkeypatch.setattr(tracing, "_resolved", _resolve_uncached)
+    monkeypatch.setattr(engine, "PLAIN_HOOKS", False)
+    monkeypatch.setattr(engine, "_cached_plan", lambda model, requests: engine._plan(model, requests))
+    monkeypatch.setattr(engine, "_module", lambda model, path: model.module(path))
+    monkeypatch.setattr(tracing, "resolve_cached", _resolve_uncached)
 
 
-def _resolve_uncached(model: savlens.Model, names: object) -> tuple[list[str], tuple[bool, ...]]:
-    concrete = tracing.resolve(names, model.n_layers, model.multimodal, model.resolved.kinds)  # type: ignore[arg-type]
-    return concrete, tuple(tracing.hook_point(n).eager_only for n in concrete)
+def _resolve_uncached(model: savlens.Model, names: object) -> list[str]:
+    return engine.resolve(names, model.n_layers, model.multimodal, model.resolved.kinds)  # type: ignore[arg-type]
 
 
 def _equal(a: dict, b: dict) -> None:
@@ -113,11 +112,11 @@ def test_the_cache_follows_each_model_and_its_resolved_spec() -> None:
     model = savlens.wrap(tm.model, tm.processor, model_id="tiny-llama")
     batch = _batch(model)
     before = _run(model, batch, [("blocks.2.attn.hook_z", None)])
-    assert tracing._CACHES[model]["resolved"] is model.resolved
+    assert engine.CACHES[model]["resolved"] is model.resolved
     model.resolved = savlens.wrap(tm.model, tm.processor, model_id="tiny-llama").resolved  # a re-resolved spec
     _equal(before, _run(model, batch, [("blocks.2.attn.hook_z", None)]))
-    assert tracing._CACHES[model]["resolved"] is model.resolved
-    n = len(tracing._CACHES)
+    assert engine.CACHES[model]["resolved"] is model.resolved
+    n = len(engine.CACHES)
     del model
     gc.collect()
-    assert len(tracing._CACHES) == n - 1  # weak keys: a dropped model leaves no cache behind
+    assert len(engine.CACHES) == n - 1  # weak keys: a dropped model leaves no cache behind
