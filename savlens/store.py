@@ -47,6 +47,7 @@ from savlens.errors import SavlensError, StoreError
 from savlens.io import sha256_bytes as sha256
 from savlens.io import sha256_file
 from savlens.io import write_bytes as atomic_write_bytes
+from savlens.store_schema import manifest_problem, shard_problem
 
 FORMAT = "savlens-feature-store"
 VERSION = 2
@@ -168,7 +169,7 @@ def read_index(path: Path, *, repair: bool = False) -> list[dict[str, Any]]:
             rec = json.loads(line)
         except (ValueError, UnicodeDecodeError):
             rec = None
-        problem = "not a JSON object" if not isinstance(rec, dict) else _shard_problem(rec, k)
+        problem = "not a JSON object" if not isinstance(rec, dict) else shard_problem(rec, k)
         if problem:
             raise StoreError(
                 f"the index {str(path)!r} is invalid at line {k + 1} ({problem}): it was edited or not written by "
@@ -390,7 +391,7 @@ def read_manifest(path: str | os.PathLike[str], name: str = MANIFEST) -> dict[st
             f"feature store version {manifest.get('version')} is not supported (this savlens reads "
             f"{', '.join(map(str, READABLE_VERSIONS))})."
         )
-    problem = _manifest_problem(manifest)
+    problem = manifest_problem(manifest)
     if problem:
         raise StoreError(
             f"the manifest {str(mf)!r} is incomplete or invalid ({problem}): it was edited or not written by "
@@ -406,47 +407,6 @@ def read_store(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[dict[
     if manifest["version"] == 1:
         return manifest, manifest["shards"]
     return manifest, read_index(root / INDEX)
-
-
-def _shard_problem(shard: dict[str, Any], k: int) -> str | None:
-    for key, kind in (("file", str), ("ids", list), ("labels", list), ("sha256", str)):
-        if not isinstance(shard.get(key), kind):
-            return f"shard {k}: {key!r} is missing or not a {kind.__name__}"
-    if not all(isinstance(i, str) for i in shard["ids"]):
-        return f"shard {k}: ids must be strings"
-    return None
-
-
-def _manifest_problem(manifest: dict[str, Any]) -> str | None:
-    """Return what is wrong with a manifest's fields (None when they have the types savlens writes)."""
-    for key, kind in (("model_id", str), ("hook", str), ("layers", list)):
-        if not isinstance(manifest.get(key), kind):
-            return f"{key!r} is missing or not a {kind.__name__}"
-    if not all(isinstance(x, int) and not isinstance(x, bool) for x in manifest["layers"]):
-        return "'layers' must be a list of ints"
-    if manifest.get("version") == 1:
-        if not isinstance(manifest.get("shards"), list):
-            return "'shards' is missing or not a list"
-        for k, shard in enumerate(manifest["shards"]):
-            if not isinstance(shard, dict):
-                return f"shard {k} is not an object"
-            problem = _shard_problem(shard, k)
-            if problem:
-                return problem
-    if manifest.get("logits") not in (None, "last"):
-        return "'logits' must be null or \"last\""
-    tokens = manifest.get("logit_tokens")
-    if manifest.get("logits") == "last" and not (
-        tokens == "all"
-        or isinstance(tokens, list)
-        and tokens
-        and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in tokens)
-    ):
-        return "'logit_tokens' must be \"all\" or a list of token ids when 'logits' is \"last\""
-    order = manifest.get("order")
-    if order is not None and not (isinstance(order, list) and all(isinstance(i, str) for i in order)):
-        return "'order' must be a list of id strings"
-    return None
 
 
 def _shard_path(root: Path, name: Any) -> Path:

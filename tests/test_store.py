@@ -154,3 +154,35 @@ def test_index_append_failure_keeps_the_store(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setattr(st, "append_record", real)
     assert (tmp_path / "index.jsonl").read_bytes().endswith(b"\n")  # the torn line was cut off
     assert open_store(tmp_path).n_examples == 6
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda m: m.update(layers=[0, True]), r"layers\.1: Input should be a valid integer"),
+        (lambda m: m.update(model_id=7), r"model_id: Input should be a valid string"),
+        (lambda m: m.pop("hook"), r"hook: Field required"),
+        (lambda m: m.update(logits="last", logit_tokens=None), r"'logit_tokens' must be \"all\" or a list"),
+        (lambda m: m.update(order=["e0", 1]), r"order\.1: Input should be a valid string"),
+    ],
+    ids=["bool-layer", "int-model-id", "no-hook", "logits-without-tokens", "int-order-id"],
+)
+def test_an_edited_manifest_is_refused_naming_the_field(tmp_path: Path, edit: object, message: str) -> None:
+    root = tmp_path / "s"
+    _write(root, 2, 3)
+    manifest = json.loads((root / st.MANIFEST).read_text())
+    edit(manifest)  # type: ignore[operator]
+    (root / st.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(StoreError, match=r"incomplete or invalid \(" + message):
+        open_store(root)
+
+
+def test_an_index_line_with_a_wrong_type_is_refused_naming_it(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    _write(root, 2, 3)
+    lines = (root / st.INDEX).read_text().splitlines()
+    rec = json.loads(lines[1])
+    rec["ids"][0] = 5
+    (root / st.INDEX).write_text("\n".join([lines[0], json.dumps(rec)]) + "\n")
+    with pytest.raises(StoreError, match=r"invalid at line 2 \(shard 1: ids\.0: Input should be a valid string\)"):
+        open_store(root)
