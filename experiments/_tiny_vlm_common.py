@@ -47,3 +47,27 @@ def write_json(path: Path, data: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str) + "\n", encoding="utf-8")
     os.replace(tmp, path)
+
+
+#: savlens feature stores of the tiny-VLM experiments, one per model id (the SAV table and the transfer
+#: experiment draw the same splits and share them: a rerun reads the features back)
+FEATURE_CACHE = Path.home() / ".cache" / "savlens" / "experiments" / "tiny_vlm_transfer"
+
+
+def section_of(page: str, start: str, end: str) -> str:
+    """Return the part of a results page between two markers (markers included, final newline added)."""
+    _, rest = page.split(start, 1)
+    body, _ = rest.split(end, 1)
+    return start + body + end + "\n"
+
+
+def write_section(path: Path, start: str, end: str, section: str) -> None:
+    """Replace the part of the page at ``path`` between ``start`` and ``end`` by ``section`` (atomically)."""
+    old = path.read_text(encoding="utf-8")
+    if start not in old or end not in old:
+        raise SystemExit(f"{path}: no {start} ... {end} markers to render between")
+    head, rest = old.split(start, 1)
+    _, tail = rest.split(end, 1)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(head + section.rstrip("\n") + tail, encoding="utf-8")
+    os.replace(tmp, path)

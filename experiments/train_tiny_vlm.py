@@ -4,9 +4,10 @@
     python experiments/train_tiny_vlm.py --steps 300 --out /tmp/pilot.safetensors   # a quick pilot
     python experiments/train_tiny_vlm.py --balance-yes-no \
         --out experiments/results/tiny_vlm_projector_balanced.safetensors     # yes/no text prior removed
-    python experiments/train_tiny_vlm.py --hold-out color --no-bf16 --steps 600 \
+    python experiments/train_tiny_vlm.py --hold-out color --no-bf16 \
         --out savlens/zoo/weights/tiny_vlm_projector_heldout_color.safetensors  # never taught to say a colour
-        # (the committed held-out run: fp32 and 600 steps, because bf16 steps were ~20x slower with torch 2.14.1)
+        # fp32, because a bf16 step took ~20x as long as an fp32 one with torch 2.14.1 on the CPU; the record
+        # (tiny_vlm_projector_heldout_color.json) gives the steps the committed held-out projector trained for
 
 ``--hold-out color`` drops every train question that asks about a colour or names one (colour questions, "is
 there a red shape?", "what is the teal shape?"); the colour task's sampling weight becomes 0, so the others keep
