@@ -29,12 +29,12 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
+import tiny_vlm_training as T  # noqa: E402
 from _tiny_vlm_common import RESULTS, machine, write_json  # noqa: E402
 
 import savlens  # noqa: E402
 from savlens.datasets.easyvqa import EASY_VQA_TASKS, load_easy_vqa  # noqa: E402
 from savlens.threads import limit_threads  # noqa: E402
-from savlens.zoo import train_projector as T  # noqa: E402
 from savlens.zoo.tiny_vlm import PROJECTOR_FILE, load_tiny_vlm, read_projector  # noqa: E402
 
 

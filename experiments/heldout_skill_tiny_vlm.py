@@ -75,8 +75,9 @@ def pools(task: str) -> tuple[list, list]:
     """Return (candidate shots from easy-VQA train, candidate test questions from easy-VQA test) of ``task``
     (:data:`POOLS` per class, image-disjoint, one question per image); for shape, only the questions that name
     no colour (the held-out model was trained on exactly those)."""
+    from tiny_vlm_training import mentions_skill
+
     from savlens.datasets import image_disjoint_split, load_easy_vqa
-    from savlens.zoo.train_projector import mentions_skill
 
     out = []
     for split in ("train", "test"):

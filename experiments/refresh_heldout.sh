@@ -30,12 +30,13 @@ done
 import json, shutil, sys
 from pathlib import Path
 
-from savlens.zoo.tiny_vlm import PROJECTOR_FILES, file_sha256
+from savlens.io import sha256_file
+from savlens.zoo.tiny_vlm import PROJECTOR_FILES
 
 src = Path(sys.argv[1])
 name = "tiny_vlm_projector_heldout_color"
 record = json.loads((src / f"{name}.json").read_text(encoding="utf-8"))
-sha = file_sha256(src / f"{name}.safetensors")
+sha = sha256_file(src / f"{name}.safetensors")
 cfg = record["train_config"]
 if record.get("sha256") != sha:
     sys.exit(f"refresh_heldout: {name}.safetensors has sha256 {sha[:12]}... but its record says {record.get('sha256')}")

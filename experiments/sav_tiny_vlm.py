@@ -267,8 +267,9 @@ def summarise(per_seed: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 def run(a: argparse.Namespace) -> dict[str, Any]:
     """Fit and score every method on every task and seed."""
+    from tiny_vlm_training import answer_prior, load_vqa_items
+
     from savlens.zoo.tiny_vlm import load_tiny_vlm
-    from savlens.zoo.train_projector import answer_prior, load_vqa_items
 
     t_start, cpu_start, load_before = time.perf_counter(), time.process_time(), os.getloadavg()
     if a.projector == "trained":

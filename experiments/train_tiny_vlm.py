@@ -31,11 +31,11 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
+import tiny_vlm_training as T  # noqa: E402
 from _tiny_vlm_common import machine  # noqa: E402
 
 from savlens.datasets.easyvqa import EASY_VQA_TASKS  # noqa: E402
 from savlens.threads import limit_threads  # noqa: E402
-from savlens.zoo import train_projector as T  # noqa: E402
 from savlens.zoo.tiny_vlm import PROJECTOR_FILE, load_tiny_vlm  # noqa: E402
 
 
@@ -140,7 +140,7 @@ def run(a: argparse.Namespace, cfg: T.TrainConfig) -> None:
 
 
 def _hold_out_record(all_train: list[T.VQAItem], train: list[T.VQAItem], skill: str) -> dict:
-    """Describe what :func:`savlens.zoo.train_projector.hold_out_items` dropped."""
+    """Describe what :func:`tiny_vlm_training.hold_out_items` dropped."""
     kept = {id(it) for it in train}
     dropped = [it for it in all_train if id(it) not in kept]
     return {
@@ -156,7 +156,7 @@ def _hold_out_record(all_train: list[T.VQAItem], train: list[T.VQAItem], skill: 
 
 
 def _balance_record(train: list[T.VQAItem]) -> dict:
-    """Describe what :func:`savlens.zoo.train_projector.yes_no_balance_weights` keeps of the yes/no questions."""
+    """Describe what :func:`tiny_vlm_training.yes_no_balance_weights` keeps of the yes/no questions."""
     kept = T.yes_no_balance_weights(train)
     texts = {it.question for it in train if it.task == "yes_no"}
     kept_texts = {train[i].question for i in kept}

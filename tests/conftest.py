@@ -4,6 +4,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import functools  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+# the tiny VLM's projector training code is repository code, not part of the installed package: it lives in
+# experiments/ (tiny_vlm_training.py), and its tests import it from there
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments"))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

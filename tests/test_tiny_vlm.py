@@ -246,7 +246,7 @@ def test_first_answer_token_is_the_argmax_of_the_traced_logits() -> None:
 
 
 def test_training_is_seeded_and_reproducible() -> None:
-    from savlens.zoo.train_projector import TrainConfig, VQAItem, train_projector
+    from tiny_vlm_training import TrainConfig, VQAItem, train_projector
 
     model = random_vlm()
     hf, proc = model.hf, model.processor

@@ -11,9 +11,9 @@ from dataclasses import replace
 
 import pytest
 import torch
+from tiny_vlm_training import TrainConfig, VQAItem, _sampler, hold_out_items, yes_no_balance_weights
 
 from savlens.datasets.easyvqa import EASY_VQA_COLORS, EASY_VQA_SHAPES, EASY_VQA_TASKS
-from savlens.zoo.train_projector import TrainConfig, VQAItem, _sampler, hold_out_items, yes_no_balance_weights
 
 
 def _reference_sampler(items: Sequence[VQAItem], config: TrainConfig, gen: torch.Generator) -> Callable[[], list[int]]:
@@ -111,7 +111,7 @@ def test_balance_needs_task_weights() -> None:
 
 @pytest.mark.skipif(importlib.util.find_spec("easy_vqa") is None, reason="pip install easy-vqa==1.0")
 def test_easy_vqa_train_keeps_every_yes_no_text() -> None:
-    from savlens.zoo.train_projector import load_vqa_items
+    from tiny_vlm_training import load_vqa_items
 
     items, _ = load_vqa_items("train")
     w = yes_no_balance_weights(items)
@@ -154,7 +154,7 @@ def test_held_out_task_is_never_drawn() -> None:
 
 @pytest.mark.skipif(importlib.util.find_spec("easy_vqa") is None, reason="pip install easy-vqa==1.0")
 def test_easy_vqa_train_held_out_color_has_no_colour_question_or_word() -> None:
-    from savlens.zoo.train_projector import load_vqa_items
+    from tiny_vlm_training import load_vqa_items
 
     items, _ = load_vqa_items("train")
     kept = hold_out_items(items, "color")

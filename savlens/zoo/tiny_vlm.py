@@ -125,8 +125,9 @@ class TinyVLMProjector(nn.Module):
 class TinyVLM(nn.Module):
     """EfficientNet-Lite0 feature grid -> projector -> image tokens in SmolLM2-135M-Instruct's input embeddings.
 
-    Only ``multi_modal_projector`` is ever trained (:mod:`savlens.zoo.train_projector`); the vision tower and
-    the LM stay frozen. As loaded by :func:`load_tiny_vlm`, every parameter has ``requires_grad=False``.
+    Only ``multi_modal_projector`` is ever trained (``experiments/tiny_vlm_training.py`` in the repository); the
+    vision tower and the LM stay frozen. As loaded by :func:`load_tiny_vlm`, every parameter has
+    ``requires_grad=False``.
     """
 
     def __init__(
