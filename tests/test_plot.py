@@ -215,17 +215,23 @@ def test_attention_on_image_draws_the_heads_weights_over_image_tokens(tmp_path: 
         p = t.save("blocks.1.attn.hook_pattern", positions="last")
     pattern = p.value
     assert p.dims == ("batch", "head_index", "query_pos", "key_pos")
-    where = torch.nonzero(batch.image_mask[1]).squeeze(1)
-    side = int(len(where) ** 0.5)
-    fig = plot.attention_on_image(pattern, batch, head=2, layer=1, row=1, image=img)
-    drawn = np.asarray(fig.axes[0].images[-1].get_array())
-    np.testing.assert_allclose(drawn, pattern[1, 2, 0, where].reshape(side, side).numpy())
-    assert fig.axes[0].get_title().startswith("L1H2:")
+    from savlens.models.grids import token_grids
+    from savlens.plot.grid import paint
+
+    (g,) = token_grids(model, batch, 1)
+    assert (g.panels[0].rows, g.panels[0].cols) == (2, 2)  # Qwen's 2x2-merged patches of a 56 x 56 image
+    fig = plot.attention_on_image(pattern, model, batch, head=2, layer=1, row=1, image=img)
+    ax = fig.axes[0]
+    (want,) = paint(pattern[1, 2, 0], g, img.size).values()
+    np.testing.assert_allclose(np.asarray(ax.images[-1].get_array()), want)  # the head's weights at their cells
+    np.testing.assert_array_equal(np.asarray(ax.images[0].get_array()), np.asarray(img.convert("RGB")))
+    share = float(pattern[1, 2, 0][batch.image_mask[1]].sum())
+    assert fig._suptitle.get_text() == f"L1H2: {share:.0%} of last-token attention on image tokens"  # type: ignore[union-attr]
     _save(fig, tmp_path, "attention.png")
-    with pytest.raises(PositionError, match="no image tokens"):
-        plot.attention_on_image(pattern, batch, head=0, row=0)
-    with pytest.raises(PositionError, match="needs"):
-        plot.attention_on_image(pattern, batch, head=0, row=1, grid=(side, side), image_index=1)
+    with pytest.raises(PositionError, match="no image or video tokens"):
+        plot.attention_on_image(pattern, model, batch, head=0, row=0)
+    with pytest.raises(ArgumentError, match="media=1"):
+        plot.attention_on_image(pattern, model, batch, head=0, row=1, media=1)
 
 
 def test_attention_share_bars_stack_each_heads_mean_shares(tmp_path: Path) -> None:
