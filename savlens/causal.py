@@ -294,7 +294,7 @@ class AttentionShares:
     image: Float[Tensor, "example k"]
     text: Float[Tensor, "example k"]
     system: Float[Tensor, "example k"]
-    patterns: list[Float[Tensor, "k key_pos"]] | None = None
+    patterns: list[Tensor] | None = None  # per example: k key_pos (key_pos differs by example)
     video: Float[Tensor, "example k"] | None = None
 
     def __post_init__(self) -> None:

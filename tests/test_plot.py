@@ -248,3 +248,19 @@ def test_attention_share_bars_stack_each_heads_mean_shares(tmp_path: Path) -> No
     assert bars["system"] == [(0.775, 0.225), (0.75, 0.25)]
     assert [t.get_text() for t in ax.get_yticklabels()] == ["L3H1", "L0H2"]
     _save(fig, tmp_path, "shares.png")
+
+
+def test_the_docs_real_grid_attention_figure_is_reproduced(tmp_path: Path) -> None:
+    """docs/img/attention-real-grid.{png,json}: a tiny random Qwen2-VL's head at the picture's real 8 x 6 grid of
+    merged patches; a fresh run picks the same head with the same share as the committed record."""
+    import json
+
+    from savlens.demo.figures import real_grid_attention
+
+    record = real_grid_attention(tmp_path)
+    committed = json.loads((Path(__file__).parents[1] / "docs/img/attention-real-grid.json").read_text())
+    assert record["grid"] == [{"view": "image", "rows": 6, "cols": 8}] and record["n_image_tokens"] == 48
+    for key in ("family", "head", "grid", "n_image_tokens", "heads_searched", "prompt"):
+        assert record[key] == committed[key], key
+    assert record["image_share"] == pytest.approx(committed["image_share"], abs=2e-3)
+    assert (tmp_path / "attention-real-grid.png").stat().st_size > 0
