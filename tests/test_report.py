@@ -347,3 +347,42 @@ def test_the_page_in_headless_chromium(vlm_report: dict[str, Any], tmp_path: Pat
     shot.write_bytes(png)
     image = Image.open(shot).convert("RGB")
     assert image.size[0] >= 800 and len(image.getcolors(1 << 20) or []) > 50  # not blank: map, images, text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["llava_onevision", "internvl"])
+def test_the_page_draws_real_grids_and_video_frames_in_chromium(family: str, tmp_path: Path) -> None:
+    """On a family with views / tiles and newline tokens, an image and a video example: the page draws every
+    panel's cells over its picture (a video: one picture per frame panel), with no console error."""
+    if find_chromium() is None:
+        pytest.skip("no chromium binary (apt-get install chromium; CI installs it via README's test command)")
+    pytest.importorskip("websocket", reason="websocket-client (the test extra) drives chromium")
+    from conftest import tiny
+
+    from savlens.testing.browser import Browser
+
+    model = tiny(family)
+    rng = np.random.default_rng(0)
+    pics = [rng.integers(0, 255, (56, 112, 3), dtype=np.uint8) for _ in range(6)]
+    train = [savlens.Example("what is it ?", images=[p], label="ab"[i % 2], id=f"t{i}") for i, p in enumerate(pics)]
+    clip = rng.integers(0, 255, (4, 40, 72, 3), dtype=np.uint8)
+    test = [
+        savlens.Example("what is it ?", images=[pics[0]], label="a", id="img"),
+        savlens.Example("what moves ?", videos=[clip], label="b", id="vid"),
+    ]
+    sav = SAV(k=2).fit(savlens.extract(model, train, progress=False))
+    path = write_report(tmp_path / "report.html", sav, test, model=model)
+    data = blob(path.read_text())
+    cards = {e["id"]: e for e in data["examples"]}
+    assert len(cards["vid"]["frames"]) == 1 and len(cards["vid"]["frames"][0]) == 4  # the sampled frames
+    views = {i: [v for m in e["grids"][0] for v in m["views"]] for i, e in cards.items()}
+    assert len(views["img"]) == 2 and {v["frame"] for v in views["vid"]} <= set(range(4))
+    cells = sum(p["rows"] * p["cols"] for vs in views.values() for v in vs for p in v["panels"])
+    pictures = sum(len(vs) for vs in views.values())
+    with Browser(width=1200, height=900) as b:
+        b.open(path.as_uri())
+        drawn = b.evaluate(
+            "[document.querySelectorAll('.sr-overlay > div').length, document.querySelectorAll('.sr-img').length]"
+        )
+        assert b.errors == [], b.errors
+    assert drawn == [cells, pictures]

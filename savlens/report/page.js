@@ -224,7 +224,7 @@
     });
     if (known) { facts.push("its vote matches the label on " + agree + " of " + known + " listed examples (" + pct(agree / known) + ")"); }
     if (shares.length) {
-      facts.push("mean " + pct(shares.reduce(function (a, b) { return a + b; }, 0) / shares.length) + " of its attention on image tokens");
+      facts.push("mean " + pct(shares.reduce(function (a, b) { return a + b; }, 0) / shares.length) + " of its attention on image and video tokens");
     }
     headSummary.textContent = facts.join("; ") + (facts.length ? "." : "");
     if (!data.examples.length) {
