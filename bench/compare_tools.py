@@ -614,6 +614,29 @@ def write_docs(md: str) -> None:
     DOCS.write_text(text)
 
 
+def refresh_facts(out: Path, log: Callable[[str], None]) -> int:
+    """Rerun :func:`facts` without TransformerLens and replace the savlens and nnsight facts of the run in
+    ``out`` (its timings, invariance and TransformerLens facts stay those of that run); ``facts_rerun`` says when."""
+    data = json.loads(out.read_text())
+    log("facts (savlens / nnsight only)")
+    new = facts(log)
+    old = data.get("facts", {})
+    keys = [k for k in new if k != "transformer_lens"]
+    for k in keys:
+        old[k] = new[k]
+    data["facts"] = old
+    data["facts_rerun"] = {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(),
+        "git": git_state(),
+        "keys": keys,
+        "note": "python bench/compare_tools.py --facts-only: these facts only; the rest is the run of 'date'",
+    }
+    out.write_text(json.dumps(data, indent=1, default=str) + "\n")
+    log(f"refreshed {keys} in {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(ROOT / "bench" / "compare_tools.json"))
@@ -622,12 +645,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--families", nargs="+", default=list(FAMILIES))
     ap.add_argument("--no-tl", action="store_true", help="skip TransformerLens even where it imports")
     ap.add_argument("--write-docs", action="store_true", help="refresh the table in docs/performance.md")
+    ap.add_argument(
+        "--facts-only",
+        action="store_true",
+        help="rerun only the savlens / nnsight facts (seconds) into the existing --out, keeping the rest of that run",
+    )
     a = ap.parse_args(argv)
     with_tl = not a.no_tl
     t0 = time.perf_counter()
 
     def log(s: str) -> None:
         print(f"[{time.perf_counter() - t0:6.1f}s] {s}", flush=True)
+
+    if a.facts_only:
+        return refresh_facts(Path(a.out), log)
 
     data: dict[str, Any] = {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),

@@ -7,8 +7,8 @@ SAV picks heads by correlation. These functions ask whether those heads matter t
   log-probability of the correct answer, with spread over seeds;
 - :func:`steer_to_class`: the reverse, in the style of multimodal task vectors: write class ``c``'s centroid into
   the selected heads at the last token and measure how far the answer moves towards ``c``;
-- :func:`attention_shares`: the share of a head's last-token attention that goes to image tokens, the
-  text, and the chat template / system prompt (patterns captured under the model's own attention backend:
+- :func:`attention_shares`: the share of a head's last-token attention that goes to image tokens, video
+  tokens, the text, and the chat template / system prompt (patterns captured under the model's own attention backend:
   :func:`savlens.attention.attention_patterns`).
 """
 
@@ -278,11 +278,13 @@ def _mean_grid(means: HeadFeatures, model: Model) -> Float[Tensor, "layer head_i
 # ---- where heads look ------------------------------------------------------------------------------
 @dataclass
 class AttentionShares:
-    """Share of each head's last-token attention going to image tokens, text, and the template / system prompt.
+    """Share of each head's last-token attention going to image tokens, video tokens, text, and the template /
+    system prompt.
 
     Attributes:
         heads: the heads, in order.
-        image / text / system: ``example k`` shares (rows sum to 1 with the three together).
+        image / text / system / video: ``example k`` shares; each row of the four together sums to 1
+            (:data:`REGIONS`). ``video`` defaults to zeros (a model or batch without video).
         patterns: with ``return_patterns=True``, one ``k key_pos`` tensor per example: each head's attention from
             the example's last token over the example's own tokens (padding removed; ``key_pos`` 0 is its first
             token); None otherwise.
@@ -292,18 +294,24 @@ class AttentionShares:
     image: Float[Tensor, "example k"]
     text: Float[Tensor, "example k"]
     system: Float[Tensor, "example k"]
-    patterns: list[Float[Tensor, "k key_pos"]] | None = None
+    patterns: list[Tensor] | None = None  # per example: k key_pos (key_pos differs by example)
+    video: Float[Tensor, "example k"] | None = None
+
+    def __post_init__(self) -> None:
+        if self.video is None:
+            self.video = torch.zeros_like(self.image)
 
     def mean(self) -> dict[str, dict[str, float]]:
-        """Return ``{head label: {"image": ..., "text": ..., "system": ...}}`` averaged over examples."""
+        """Return ``{head label: {"image": ..., "video": ..., "text": ..., "system": ...}}`` averaged over
+        examples."""
         return {
-            str(h): {
-                "image": float(self.image[:, i].mean()),
-                "text": float(self.text[:, i].mean()),
-                "system": float(self.system[:, i].mean()),
-            }
+            str(h): {region: float(getattr(self, region)[:, i].mean()) for region in REGIONS}
             for i, h in enumerate(self.heads)
         }
+
+
+#: the regions of :class:`AttentionShares`: every token of an example is in exactly one
+REGIONS = ("image", "video", "text", "system")
 
 
 def template_prefix_length(model: Model, **batch_options: Any) -> int:
@@ -326,8 +334,8 @@ def attention_shares(
     return_patterns: bool = False,
     **batch_options: Any,
 ) -> AttentionShares:
-    """Measure where ``heads`` look from the last token: the share of their attention on image tokens, the text
-    and the chat template / system prompt.
+    """Measure where ``heads`` look from the last token: the share of their attention on image tokens, video
+    tokens, the text and the chat template / system prompt (every token in exactly one; the shares sum to 1).
 
     The patterns are computed for ``heads`` only, at the last query position only, inside the model's own forward
     pass under its attention backend (SDPA included; :func:`savlens.attention.attention_patterns`), and the pass
@@ -343,7 +351,7 @@ def attention_shares(
     """
     hs = heads if isinstance(heads, HeadSet) else HeadSet(heads)
     prefix = template_prefix_length(model, **batch_options)
-    out: dict[str, list[Tensor]] = {"image": [], "text": [], "system": []}
+    out: dict[str, list[Tensor]] = {region: [] for region in REGIONS}
     kept: list[Tensor] = []
     for start in range(0, len(examples), batch_size):
         batch = Batch.from_examples(model, list(examples[start : start + batch_size]), **batch_options)
@@ -351,10 +359,12 @@ def attention_shares(
         first = (batch.last_index - batch.lengths + 1)[:, None]
         pos = torch.arange(batch.seq_len)[None, :]
         image = batch.image_mask
-        system = (pos >= first) & (pos < first + prefix) & ~image
-        text = batch.attention_mask.bool() & ~image & ~system
-        for name, region in (("image", image), ("text", text), ("system", system)):
-            out[name].append((per_head * region[:, None, :]).sum(-1))
+        video = batch.video_mask if batch.video_mask is not None else torch.zeros_like(image)
+        system = (pos >= first) & (pos < first + prefix) & ~image & ~video
+        text = batch.attention_mask.bool() & ~image & ~video & ~system
+        regions = {"image": image, "video": video, "text": text, "system": system}
+        for name in REGIONS:
+            out[name].append((per_head * regions[name][:, None, :]).sum(-1))
         if return_patterns:
             kept.extend(per_head[r, :, batch.attention_mask[r].bool()] for r in range(batch.size))
     return AttentionShares(
@@ -363,4 +373,5 @@ def attention_shares(
         text=torch.cat(out["text"]),
         system=torch.cat(out["system"]),
         patterns=kept if return_patterns else None,
+        video=torch.cat(out["video"]),
     )

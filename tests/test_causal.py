@@ -107,15 +107,16 @@ def test_attention_shares_sum_to_one_and_find_the_template() -> None:
     two = savlens.Batch.from_examples(model, [savlens.Example("0"), savlens.Example("1", id="1")]).input_ids
     assert torch.equal(two[0, :n_prefix], two[1, :n_prefix]) and two[0, n_prefix] != two[1, n_prefix]
     shares = attention_shares(model, exs, ["L1H0", "L2H3"], batch_size=2, return_patterns=True)
-    total = shares.image + shares.text + shares.system
+    total = shares.image + shares.text + shares.system + shares.video
     torch.testing.assert_close(total, torch.ones_like(total), atol=1e-5, rtol=1e-5)
+    assert torch.all(shares.video == 0)  # no video in these examples
     assert torch.all(shares.image[-1] == 0)  # the text-only row has no image tokens
     assert shares.image[:3].min() > 0
     assert model.attn_implementation == "sdpa"  # never switched
     assert set(shares.mean()) == {"L1H0", "L2H3"}
     # the same shares as the eager model's own attention weights give
     eager = attention_shares(tiny("llava_onevision", "eager"), exs, ["L1H0", "L2H3"], batch_size=2)
-    for region in ("image", "text", "system"):
+    for region in ("image", "video", "text", "system"):
         torch.testing.assert_close(getattr(shares, region), getattr(eager, region), atol=1e-5, rtol=0)
     # return_patterns: each example's patterns over its own tokens, which the shares sum
     assert shares.patterns is not None and eager.patterns is None and len(shares.patterns) == len(exs)
@@ -125,3 +126,31 @@ def test_attention_shares_sum_to_one_and_find_the_template() -> None:
         assert p.shape == (2, own.seq_len)
         torch.testing.assert_close(p[:, own.image_mask[0]].sum(-1), shares.image[i], atol=1e-6, rtol=0)
         torch.testing.assert_close(p[:, n_prefix:].sum(-1) - p[:, own.image_mask[0]].sum(-1), shares.text[i])
+
+
+def test_attention_shares_count_video_tokens_as_video() -> None:
+    """Video tokens are neither image nor text: their own share, the eager pattern's weight on them, and the
+    four shares still sum to 1 in a batch mixing a video row, an image row and a text-only row."""
+    import numpy as np
+
+    model, eager = tiny("qwen2_vl"), tiny("qwen2_vl", "eager")
+    clip = np.random.default_rng(0).integers(0, 255, (4, 40, 72, 3), dtype=np.uint8)
+    exs = [
+        savlens.Example("what moves ?", videos=[clip], id="video"),
+        savlens.Example("what is it ?", images=sample_images(1, seed=1), id="image"),
+        savlens.Example("hello there", id="text"),
+    ]
+    heads = ["L1H0", "L0H1"]
+    shares = attention_shares(model, exs, heads, batch_size=3)
+    total = shares.image + shares.video + shares.text + shares.system
+    torch.testing.assert_close(total, torch.ones_like(total), atol=1e-5, rtol=1e-5)
+    assert shares.video[0].min() > 0.01 and torch.all(shares.image[0] == 0)
+    assert torch.all(shares.video[1:] == 0) and shares.image[1].min() > 0.01
+    assert set(shares.mean()["L1H0"]) == {"image", "video", "text", "system"}
+    batch = savlens.Batch.from_examples(eager, exs[:1])
+    assert batch.video_mask is not None
+    for k, (layer, head) in enumerate(((1, 0), (0, 1))):
+        with savlens.trace(eager, batch) as t:
+            p = t.save(f"blocks.{layer}.attn.hook_pattern", positions="last")
+        w = p.value[0, head, -1]
+        torch.testing.assert_close(shares.video[0, k], w[batch.video_mask[0]].sum(), atol=1e-5, rtol=0)

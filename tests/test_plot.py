@@ -215,17 +215,23 @@ def test_attention_on_image_draws_the_heads_weights_over_image_tokens(tmp_path: 
         p = t.save("blocks.1.attn.hook_pattern", positions="last")
     pattern = p.value
     assert p.dims == ("batch", "head_index", "query_pos", "key_pos")
-    where = torch.nonzero(batch.image_mask[1]).squeeze(1)
-    side = int(len(where) ** 0.5)
-    fig = plot.attention_on_image(pattern, batch, head=2, layer=1, row=1, image=img)
-    drawn = np.asarray(fig.axes[0].images[-1].get_array())
-    np.testing.assert_allclose(drawn, pattern[1, 2, 0, where].reshape(side, side).numpy())
-    assert fig.axes[0].get_title().startswith("L1H2:")
+    from savlens.models.grids import token_grids
+    from savlens.plot.grid import paint
+
+    (g,) = token_grids(model, batch, 1)
+    assert (g.panels[0].rows, g.panels[0].cols) == (2, 2)  # Qwen's 2x2-merged patches of a 56 x 56 image
+    fig = plot.attention_on_image(pattern, model, batch, head=2, layer=1, row=1, image=img)
+    ax = fig.axes[0]
+    (want,) = paint(pattern[1, 2, 0], g, img.size).values()
+    np.testing.assert_allclose(np.asarray(ax.images[-1].get_array()), want)  # the head's weights at their cells
+    np.testing.assert_array_equal(np.asarray(ax.images[0].get_array()), np.asarray(img.convert("RGB")))
+    share = float(pattern[1, 2, 0][batch.image_mask[1]].sum())
+    assert fig._suptitle.get_text() == f"L1H2: {share:.0%} of last-token attention on image tokens"  # type: ignore[union-attr]
     _save(fig, tmp_path, "attention.png")
-    with pytest.raises(PositionError, match="no image tokens"):
-        plot.attention_on_image(pattern, batch, head=0, row=0)
-    with pytest.raises(PositionError, match="needs"):
-        plot.attention_on_image(pattern, batch, head=0, row=1, grid=(side, side), image_index=1)
+    with pytest.raises(PositionError, match="no image or video tokens"):
+        plot.attention_on_image(pattern, model, batch, head=0, row=0)
+    with pytest.raises(ArgumentError, match="media=1"):
+        plot.attention_on_image(pattern, model, batch, head=0, row=1, media=1)
 
 
 def test_attention_share_bars_stack_each_heads_mean_shares(tmp_path: Path) -> None:
@@ -242,3 +248,19 @@ def test_attention_share_bars_stack_each_heads_mean_shares(tmp_path: Path) -> No
     assert bars["system"] == [(0.775, 0.225), (0.75, 0.25)]
     assert [t.get_text() for t in ax.get_yticklabels()] == ["L3H1", "L0H2"]
     _save(fig, tmp_path, "shares.png")
+
+
+def test_the_docs_real_grid_attention_figure_is_reproduced(tmp_path: Path) -> None:
+    """docs/img/attention-real-grid.{png,json}: a tiny random Qwen2-VL's head at the picture's real 8 x 6 grid of
+    merged patches; a fresh run picks the same head with the same share as the committed record."""
+    import json
+
+    from savlens.demo.figures import real_grid_attention
+
+    record = real_grid_attention(tmp_path)
+    committed = json.loads((Path(__file__).parents[1] / "docs/img/attention-real-grid.json").read_text())
+    assert record["grid"] == [{"view": "image", "rows": 6, "cols": 8}] and record["n_image_tokens"] == 48
+    for key in ("family", "head", "grid", "n_image_tokens", "heads_searched", "prompt"):
+        assert record[key] == committed[key], key
+    assert record["image_share"] == pytest.approx(committed["image_share"], abs=2e-3)
+    assert (tmp_path / "attention-real-grid.png").stat().st_size > 0

@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -18,7 +19,6 @@ from savlens import SAV, HeadFeatures
 from savlens.cli import main
 from savlens.errors import ArgumentError, FeatureError, NotFittedError
 from savlens.report import report_data, report_html, votes_html, write_report, wrong_first
-from savlens.report._attention import _square_grids
 from savlens.testing.browser import find_chromium
 
 XSS_LABEL = "</script><script>window.__xss=1</script>green"
@@ -79,12 +79,69 @@ def test_wrong_first_orders_wrong_then_unlabelled_then_right() -> None:
     assert wrong_first([True, False, None, False, True], [0.9, 0.4, 0.5, 0.8, 0.6]) == [3, 1, 2, 0, 4]
 
 
-def test_square_grids_split_image_tokens_per_image() -> None:
-    w = torch.arange(16.0).reshape(2, 8)  # 2 heads, 8 image tokens = 2 images of 2 x 2
-    grids = _square_grids(w, 2)
-    assert [tuple(g.shape) for g in grids] == [(2, 2, 2), (2, 2, 2)]
-    assert grids[1][0].tolist() == [[4.0, 5.0], [6.0, 7.0]]
-    assert _square_grids(w, 1) == [] and _square_grids(w, 3) == []  # 8 tokens: not square, not 3 images
+def _paint_payload(view: dict[str, Any], size: tuple[int, int]) -> np.ndarray:
+    """What the page overlays on one picture, painted like :func:`savlens.plot.grid.paint` (each cell's weight
+    over its box): the page's own data, not the adapter's tensors."""
+    width, height = size
+    canvas = np.zeros((height, width), np.float32)
+    for p in view["panels"]:
+        x0, y0, x1, y1 = p["box"]
+        w, h = (x1 - x0) / p["cols"], (y1 - y0) / p["rows"]
+        for i, v in enumerate(p["w"]):
+            r, c = divmod(i, p["cols"])
+            cx0, cx1 = (min(max(round(x * width), 0), width) for x in (x0 + c * w, x0 + (c + 1) * w))
+            cy0, cy1 = (min(max(round(y * height), 0), height) for y in (y0 + r * h, y0 + (r + 1) * h))
+            canvas[cy0:cy1, cx0:cx1] += v
+    return canvas
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava_onevision", "internvl"])
+def test_report_grids_are_each_heads_attention_at_the_real_token_grid(family: str) -> None:
+    """The page's cells (tiles, base / anyres views, newline tokens, video frames) hold each head's attention
+    on every image and video token: they add up to the head's share on them, and painted over the picture they
+    are what :func:`savlens.plot.attention_on_grid` draws for the same weights."""
+    from conftest import tiny
+
+    from savlens.attention import attention_patterns
+    from savlens.heads import HeadSet
+    from savlens.plot import attention_on_grid
+    from savlens.report._attention import head_image_attention
+    from savlens.report._data import _media_payload
+
+    model = tiny(family)
+    rng = np.random.default_rng(0)
+    pic = rng.integers(0, 255, (56, 112, 3), dtype=np.uint8)  # wide: rows and columns cannot swap unnoticed
+    frames = rng.integers(0, 255, (4, 40, 72, 3), dtype=np.uint8)
+    examples = [
+        savlens.Example("what is it ?", images=[pic], id="image"),
+        savlens.Example("what moves ?", videos=[frames], id="video"),
+    ]
+    heads = HeadSet(["L1H0", "L0H1"])
+    att = head_image_attention(model, examples, heads, batch_size=1)
+    n_panels = 0
+    for row, ex in enumerate(examples):
+        batch = savlens.Batch.from_examples(model, [ex])
+        weights = attention_patterns(model, batch, heads, "last").value[0, :, -1].float()  # k key_pos
+        media = batch.image_mask[0] | (batch.video_mask[0] if batch.video_mask is not None else False)
+        share = weights[:, media].sum(-1)
+        assert share.min() > 0.01  # random weights still look at the picture: a non-trivial check
+        assert torch.allclose(att.share[row], share, atol=1e-5)
+        (m,) = att.grids[row]
+        assert m.grid.kind == ("image" if ex.n_images else "video")
+        assert torch.allclose(m.total(), share, atol=1e-5)  # every image / video token: in a cell or off the grid
+        picture = pic if ex.n_images else frames
+        size = (picture.shape[-2], picture.shape[-3])
+        for k in range(len(heads)):
+            page = json.loads(json.dumps(_media_payload(m, k)))
+            cells = sum(sum(p["w"]) for v in page["views"] for p in v["panels"])
+            assert cells + page["off"] == pytest.approx(float(share[k]), abs=1e-3)
+            fig = attention_on_grid(weights[k], model, batch, picture=picture)
+            drawn = [a for a in fig.axes if a.images]
+            assert [a.get_title() for a in drawn] == [v["label"] for v in page["views"]]
+            for ax, view in zip(drawn, page["views"]):
+                assert np.allclose(ax.images[-1].get_array(), _paint_payload(view, size), atol=1e-3)
+                n_panels += len(view["panels"])
+    assert n_panels > 2 * len(heads)  # more than one panel per picture somewhere: tiles, views or frames
 
 
 def test_user_text_is_escaped_and_survives_the_round_trip() -> None:
@@ -222,8 +279,9 @@ def test_attention_in_the_report_is_the_heads_attention_on_the_image(vlm_report:
         image = Image.open(io.BytesIO(base64.b64decode(url.removeprefix("data:image/png;base64,"))))
         assert image.size == test[e["index"]].load_images()[0].size  # 64 x 64: inlined as is
         for k, per_image in enumerate(e["grids"]):
-            (grid,) = per_image  # one image: the tiny VLM's 2 x 2 token grid
-            assert (grid["rows"], grid["cols"]) == (2, 2)
+            (media,) = per_image  # one image: the tiny VLM's 2 x 2 token grid, one view, one panel
+            ((grid,),) = [v["panels"] for v in media["views"]]
+            assert (grid["rows"], grid["cols"], grid["box"], media["off"]) == (2, 2, [0, 0, 1, 1], 0)
             assert sum(grid["w"]) == pytest.approx(e["image_share"][k], abs=1e-3)  # the grid is all its tokens
 
 
@@ -289,3 +347,42 @@ def test_the_page_in_headless_chromium(vlm_report: dict[str, Any], tmp_path: Pat
     shot.write_bytes(png)
     image = Image.open(shot).convert("RGB")
     assert image.size[0] >= 800 and len(image.getcolors(1 << 20) or []) > 50  # not blank: map, images, text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["llava_onevision", "internvl"])
+def test_the_page_draws_real_grids_and_video_frames_in_chromium(family: str, tmp_path: Path) -> None:
+    """On a family with views / tiles and newline tokens, an image and a video example: the page draws every
+    panel's cells over its picture (a video: one picture per frame panel), with no console error."""
+    if find_chromium() is None:
+        pytest.skip("no chromium binary (apt-get install chromium; CI installs it via README's test command)")
+    pytest.importorskip("websocket", reason="websocket-client (the test extra) drives chromium")
+    from conftest import tiny
+
+    from savlens.testing.browser import Browser
+
+    model = tiny(family)
+    rng = np.random.default_rng(0)
+    pics = [rng.integers(0, 255, (56, 112, 3), dtype=np.uint8) for _ in range(6)]
+    train = [savlens.Example("what is it ?", images=[p], label="ab"[i % 2], id=f"t{i}") for i, p in enumerate(pics)]
+    clip = rng.integers(0, 255, (4, 40, 72, 3), dtype=np.uint8)
+    test = [
+        savlens.Example("what is it ?", images=[pics[0]], label="a", id="img"),
+        savlens.Example("what moves ?", videos=[clip], label="b", id="vid"),
+    ]
+    sav = SAV(k=2).fit(savlens.extract(model, train, progress=False))
+    path = write_report(tmp_path / "report.html", sav, test, model=model)
+    data = blob(path.read_text())
+    cards = {e["id"]: e for e in data["examples"]}
+    assert len(cards["vid"]["frames"]) == 1 and len(cards["vid"]["frames"][0]) == 4  # the sampled frames
+    views = {i: [v for m in e["grids"][0] for v in m["views"]] for i, e in cards.items()}
+    assert len(views["img"]) == 2 and {v["frame"] for v in views["vid"]} <= set(range(4))
+    cells = sum(p["rows"] * p["cols"] for vs in views.values() for v in vs for p in v["panels"])
+    pictures = sum(len(vs) for vs in views.values())
+    with Browser(width=1200, height=900) as b:
+        b.open(path.as_uri())
+        drawn = b.evaluate(
+            "[document.querySelectorAll('.sr-overlay > div').length, document.querySelectorAll('.sr-img').length]"
+        )
+        assert b.errors == [], b.errors
+    assert drawn == [cells, pictures]

@@ -152,8 +152,10 @@ def _attention_figures(
     model: Model, task: DemoTask, sav: SAV, save: Callable[[Any, str], None], extra: dict[str, Any]
 ) -> None:
     """Where the selected heads look from the last token (image / text / template shares over up to 16 test
-    examples: ``attention_shares.png``), and the attention over the image grid of the first test example of
-    the selected head that looks at the image most (``attention.png``), under the model's own attention backend."""
+    examples: ``attention_shares.png``), and the attention over the image of the first test example of the
+    selected head that looks at the image most, at the image's real token grid (``attention.png``; tiles, views
+    and newline tokens as :func:`savlens.models.grids.token_grids` maps them), under the model's own attention
+    backend."""
     import warnings
 
     from savlens import plot
@@ -171,7 +173,90 @@ def _attention_figures(
         batch = Batch.from_examples(model, [example], prompt_template=task.prompt_template)
         with trace(model, batch, logits=None, stop_at_layer=head.layer) as t:
             pattern = t.save(f"blocks.{head.layer}.attn.hook_pattern", "last", device="cpu")
-        fig = plot.attention_on_image(pattern.value, batch, head.head, layer=head.layer, image=example.load_images()[0])
+        image = example.load_images()[0]
+        fig = plot.attention_on_image(pattern.value, model, batch, head.head, layer=head.layer, image=image)
         save(fig, "attention.png")
-    except SavlensError as e:  # image tokens that are not one square grid: no figure
+    except SavlensError as e:  # e.g. a family without a token map (docs/positions.md, "Token grids"): no figure
         warnings.warn(f"savlens demo: no attention figure ({e.detail})", stacklevel=2)
+
+
+# ---- a head's attention at a real patch grid (a tiny random model: the mapping, not meaning) ------------------
+
+GRID_PICTURE_SIZE = (224, 168)  # (width, height): Qwen2-VL's 28-pixel merged cells give an 8 x 6 grid
+
+
+def grid_picture(size: tuple[int, int] = GRID_PICTURE_SIZE) -> Any:
+    """A synthetic picture: a red disc top left and a blue square bottom right on grey (PIL image)."""
+    from PIL import Image, ImageDraw
+
+    w, h = size
+    img = Image.new("RGB", size, (128, 128, 128))
+    draw = ImageDraw.Draw(img)
+    draw.ellipse((w * 0.08, h * 0.1, w * 0.38, h * 0.5), fill=(220, 30, 30))
+    draw.rectangle((w * 0.6, h * 0.55, w * 0.9, h * 0.9), fill=(30, 60, 220))
+    return img
+
+
+def real_grid_attention(
+    out: str | Path, family: str = "qwen2_vl", *, seed: int = 0, name: str = "attention-real-grid"
+) -> dict[str, Any]:
+    """Draw, on a tiny random ``family`` model (``savlens.testing.tiny``: random weights, so the figure shows
+    how a head's weights map onto the image's real token grid, not what a trained head looks at), the
+    last-token attention of the head that puts the largest share on the image, over :func:`grid_picture`.
+
+    Writes ``{name}.png`` and ``{name}.json`` (the head, its share, the grid, the machine) under ``out`` and
+    returns the JSON's dict. Not part of the demo's default run (it builds a second model); seconds on a CPU.
+    """
+    import json
+    import os
+    import platform
+
+    import torch
+
+    import savlens
+    from savlens import plot
+    from savlens.attention import attention_patterns
+    from savlens.example import Example
+    from savlens.heads import HeadSet
+    from savlens.models.grids import token_grids
+    from savlens.testing.tiny import build_tiny
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tm = build_tiny(family, seed=seed)
+    size = getattr(tm.processor.image_processor, "size", None)
+    if family in ("qwen2_vl", "qwen2_5_vl") and size is not None:  # the tiny processor caps images at 16 patches:
+        size.longest_edge = GRID_PICTURE_SIZE[0] * GRID_PICTURE_SIZE[1]  # let the picture keep its 8 x 6 cells
+    model = savlens.wrap(tm.model, tm.processor, model_id=f"tiny-{family}")
+    picture = grid_picture()
+    batch = Batch.from_examples(model, [Example("where is the red disc ?", images=[picture])])
+    heads = HeadSet([(layer, h) for layer in range(model.n_layers) for h in range(model.n_heads)])
+    weights = attention_patterns(model, batch, heads, "last").value[0, :, -1].float().cpu()  # k key_pos
+    share = weights[:, batch.image_mask[0].cpu()].sum(-1)
+    best = int(share.argmax())
+    head = heads[best]
+    pattern = weights[best][None, None, None, :].expand(1, 1, 1, -1)
+    fig = plot.attention_on_image(
+        pattern, model, batch, 0, image=picture,
+        title=f"tiny random {family}, L{head.layer}H{head.head}: {float(share[best]):.0%} of\nlast-token attention "
+        "on the image\n(random weights: the mapping, not meaning)",
+    )  # fmt: skip
+    fig.savefig(out / f"{name}.png", dpi=110)
+    (g,) = token_grids(model, batch, 0)
+    record = {
+        "family": family,
+        "model": f"savlens.testing.tiny.build_tiny({family!r}, seed={seed}): random weights",
+        "picture": {"size": list(GRID_PICTURE_SIZE), "what": "savlens.demo.figures.grid_picture()"},
+        "prompt": "where is the red disc ?",
+        "head": str(head),
+        "image_share": round(float(share[best]), 4),
+        "grid": [{"view": p.view, "rows": p.rows, "cols": p.cols} for p in g.panels],
+        "n_image_tokens": int(batch.image_mask[0].sum()),
+        "heads_searched": len(heads),
+        "machine": f"{platform.machine()} CPU ({os.cpu_count()} cores), torch {torch.__version__}",
+        "load_1min": round(os.getloadavg()[0], 2),
+        "code": "python -c \"from savlens.demo.figures import real_grid_attention; real_grid_attention('docs/img')\"",
+    }
+    (out / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n")
+    return record
+

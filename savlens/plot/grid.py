@@ -35,31 +35,53 @@ def paint(
     Returns:
         ``{view: height x width float array}``, views in the order of the grid's panels.
     """
-    w_all = torch.as_tensor(weights).detach().float().cpu()
-    if w_all.ndim != 1:
-        raise FeatureError(f"paint: weights must be one weight per position (1-d); got shape {tuple(w_all.shape)}.")
-    if int(grid.positions.max()) >= w_all.numel():
-        raise FeatureError(
-            f"paint: weights cover {w_all.numel()} positions but the grid's tokens reach position "
-            f"{int(grid.positions.max())}; give the weights of the whole row (key_pos of the batch)."
-        )
+    if torch.as_tensor(weights).ndim != 1:
+        shape = tuple(torch.as_tensor(weights).shape)
+        raise FeatureError(f"paint: weights must be one weight per position (1-d); got shape {shape}.")
     size = size or grid.size
     if size is None:
         raise ArgumentError("paint: the grid does not know the picture's size; pass size=(width, height).")
     width, height = size
     maps: dict[str, np.ndarray] = {}
-    vals = w_all[grid.positions].numpy()
-    for i, v in enumerate(vals):
-        p = int(grid.panel[i])
-        if p < 0:
-            continue
-        view = grid.panels[p].view
-        canvas = maps.setdefault(view, np.zeros((height, width), np.float32))
-        x0, y0, x1, y1 = grid.panels[p].cell_box(int(grid.row[i]), int(grid.col[i]))
-        c0, c1 = (min(max(int(round(x * width)), 0), width) for x in (x0, x1))
-        r0, r1 = (min(max(int(round(y * height)), 0), height) for y in (y0, y1))
-        canvas[r0:r1, c0:c1] += v  # a cell on a padded margin (letterboxed images) is cut at the picture's edge
+    for panel, cells in zip(grid.panels, panel_cells(weights, grid, "paint")):
+        canvas = maps.setdefault(panel.view, np.zeros((height, width), np.float32))
+        for r in range(panel.rows):
+            for c in range(panel.cols):
+                x0, y0, x1, y1 = panel.cell_box(r, c)
+                c0, c1 = (min(max(int(round(x * width)), 0), width) for x in (x0, x1))
+                r0, r1 = (min(max(int(round(y * height)), 0), height) for y in (y0, y1))
+                canvas[r0:r1, c0:c1] += float(cells[r, c])  # a cell on a padded margin is cut at the picture's edge
     return maps
+
+
+def panel_cells(
+    weights: Float[Tensor, "*head pos"], grid: "MediaGrid", who: str = "panel_cells"
+) -> list[Tensor]:
+    """Each panel's cell weights: a ``*head rows cols`` tensor per panel of ``grid`` (the leading axes of
+    ``weights`` kept, e.g. one per head), read from the positions of its tokens. Newline tokens (no cell) are left out
+    (:func:`off_grid_weight`). The one place a token's weight meets its cell: :func:`paint` draws these cells and
+    the HTML report (:mod:`savlens.report`) sends them to the page.
+
+    Args:
+        weights: one weight per sequence position of the batch row (``pattern[row, head, query]``), with any
+            leading axes (``k pos`` for ``k`` heads).
+        grid: one item of :func:`savlens.models.grids.token_grids` for that row.
+    """
+    w_all = torch.as_tensor(weights).detach().float().cpu()
+    if w_all.ndim < 1:
+        raise FeatureError(f"{who}: weights must be one weight per position; got a scalar.")
+    if int(grid.positions.max()) >= w_all.shape[-1]:
+        raise FeatureError(
+            f"{who}: weights cover {w_all.shape[-1]} positions but the grid's tokens reach position "
+            f"{int(grid.positions.max())}; give the weights of the whole row (key_pos of the batch)."
+        )
+    out = []
+    for p, panel in enumerate(grid.panels):
+        mine = grid.panel == p
+        cells = w_all.new_zeros((*w_all.shape[:-1], panel.rows, panel.cols))
+        cells[..., grid.row[mine], grid.col[mine]] = w_all[..., grid.positions[mine]]
+        out.append(cells)
+    return out
 
 
 def off_grid_weight(weights: Float[Tensor, " pos"], grid: "MediaGrid") -> float:
@@ -122,5 +144,5 @@ def attention_on_grid(
         fig.colorbar(im, ax=axes, shrink=0.8, label="weight")
     off = off_grid_weight(weights, g)
     extra = f" (+{off:.2g} on newline tokens)" if off else ""
-    fig.suptitle(title or f"{g.kind} {g.index} of row {row}{extra}", fontsize=9)
+    fig.suptitle((title or f"{g.kind} {g.index} of row {row}") + extra, fontsize=9)
     return fig

@@ -22,7 +22,7 @@ from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from savlens.report._attention import ImageAttention, head_image_attention
+from savlens.report._attention import ImageAttention, MediaAttention, head_image_attention
 from savlens.report._data import report_data, votes_data, wrong_first
 from savlens.report._page import json_for_script, render
 
@@ -91,6 +91,7 @@ def write_report(
 
 __all__ = [
     "ImageAttention",
+    "MediaAttention",
     "head_image_attention",
     "json_for_script",
     "render",

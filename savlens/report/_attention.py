@@ -6,47 +6,77 @@ without touching the page: the patterns come from :func:`savlens.attention_patte
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from savlens.errors import ArgumentError
 from savlens.example import Example
 from savlens.heads import HeadSet
 from savlens.loading import Model
+
+if TYPE_CHECKING:
+    from savlens.inputs import Batch
+    from savlens.models.grids import MediaGrid
 
 #: the options of :meth:`savlens.Batch.from_examples` an SAV's extraction options may carry
 BATCH_OPTIONS = ("prompt_template", "chat", "system_prompt")
 
 
 @dataclass
+class MediaAttention:
+    """Each head's attention over the tokens of one image or video of an example, at its real token grid.
+
+    Attributes:
+        grid: where the tokens sit (:func:`savlens.models.grids.token_grids`): panels (tiles, views, frames),
+            each panel's box on the picture, the picture's size.
+        cells: per panel of ``grid``, a ``k rows cols`` tensor of the heads' weights on its cells
+            (:func:`savlens.plot.grid.panel_cells`: the same cells :func:`savlens.plot.attention_on_grid` draws).
+        off_grid: ``k`` weights on the tokens that are no cell (LLaVA-OneVision's newline tokens).
+    """
+
+    grid: "MediaGrid"
+    cells: list[Tensor]  # per panel: k rows cols (the rows and columns differ by panel)
+    off_grid: Float[Tensor, " k"]
+
+    def total(self) -> Float[Tensor, " k"]:
+        """Each head's whole weight on this image's (video's) tokens: its cells and its newline tokens."""
+        return sum((c.sum((-2, -1)) for c in self.cells), self.off_grid.clone())
+
+
+@dataclass
 class ImageAttention:
-    """Each head's attention from the read position over each example's image tokens.
+    """Each head's attention from the read position over each example's image and video tokens.
 
     Attributes:
         heads: the heads (the ``k`` axis).
-        share: ``example k`` share of the query token's attention that goes to image tokens (0 without images).
-        grids: per example, per image, a ``k row col`` tensor of attention weights at that image's token grid
-            (row-major as the vision tower emits them); an example's list is empty when its image tokens do not
-            split into one square grid per image (the grid is then unknown to this adapter).
+        share: ``example k`` share of the query token's attention that goes to image and video tokens (0 without).
+        grids: per example, one :class:`MediaAttention` per image and video in prompt order (images first for
+            examples without messages); an example's list is empty when the family's token layout is not mapped
+            (docs/positions.md, "Token grids"): the grid is then unknown.
     """
 
     heads: HeadSet
     share: Float[Tensor, "example k"]
-    grids: list[list[Float[Tensor, "k row col"]]]
+    grids: list[list[MediaAttention]]
 
 
-def _square_grids(weights: Tensor, n_images: int) -> list[Tensor]:
-    """Split ``k n_image_tokens`` weights into ``n_images`` square ``k side side`` grids ([] if they do not split)."""
-    n = weights.shape[1]
-    if n_images < 1 or n == 0 or n % n_images:
+def _media_attention(model: Model, batch: "Batch", row: int, weights: Tensor) -> list[MediaAttention]:
+    """``weights`` (``k pos``, the heads' weights over row ``row``) at each image's and video's token grid; []
+    for a family without a map."""
+    from savlens.models.grids import token_grids
+    from savlens.plot.grid import panel_cells
+
+    try:
+        grids = token_grids(model, batch, row)
+    except ArgumentError:  # a family without a map: the page says "grid unknown"
         return []
-    per = n // n_images
-    side = round(per**0.5)
-    if side * side != per:
-        return []
-    return [weights[:, i * per : (i + 1) * per].reshape(-1, side, side) for i in range(n_images)]
+    return [
+        MediaAttention(g, panel_cells(weights, g, "head_image_attention"), weights[:, g.positions[g.panel < 0]].sum(-1))
+        for g in grids
+    ]
 
 
 def head_image_attention(
@@ -61,9 +91,9 @@ def head_image_attention(
     """Return ``heads``' attention from the ``query`` position over each example's image tokens.
 
     The source: :func:`savlens.attention_patterns` at ``query`` (computed inside the model's own attention
-    backend, never switching it to eager), and each example's image tokens split
-    evenly into one square grid per image (the tiny VLM's 2x2 grid; a family whose image tokens are not square
-    per image gets the share but no grid).
+    backend, never switching it to eager), and each image's and video's tokens at its real token grid
+    (:func:`savlens.models.grids.token_grids`: tiles, views, newline tokens, video frames); a family without a
+    map gets the share but no grid.
 
     Args:
         model: the wrapped model the SAV's features came from.
@@ -78,15 +108,17 @@ def head_image_attention(
     from savlens.inputs import Batch
 
     shares: list[Tensor] = []
-    grids: list[list[Tensor]] = []
+    grids: list[list[MediaAttention]] = []
     for start in range(0, len(examples), batch_size):
         chunk = list(examples[start : start + batch_size])
         batch = Batch.from_examples(model, chunk, **batch_options)
         per_head = attention_patterns(model, batch, heads, query).value[:, :, -1]  # batch k key_pos
-        image = batch.image_mask.cpu()
+        media = batch.image_mask.cpu()
+        if batch.video_mask is not None:
+            media = media | batch.video_mask.cpu()
         for row, example in enumerate(chunk):
-            on_image = per_head[row][:, image[row]]  # k n_image_tokens, in sequence order
-            shares.append(on_image.sum(dim=1))
-            grids.append(_square_grids(on_image, example.n_images))
+            weights = per_head[row].detach().float().cpu()  # k key_pos
+            shares.append(weights[:, media[row]].sum(dim=1))
+            grids.append(_media_attention(model, batch, row, weights) if example.n_images or example.n_videos else [])
     share = torch.stack(shares) if shares else torch.zeros(0, len(heads))
     return ImageAttention(heads, share, grids)

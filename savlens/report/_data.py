@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from savlens.errors import ArgumentError, FeatureError, SavlensError
 from savlens.heads import HeadSet
-from savlens.report._attention import BATCH_OPTIONS, ImageAttention, head_image_attention
+from savlens.report._attention import BATCH_OPTIONS, ImageAttention, MediaAttention, head_image_attention
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -42,17 +42,39 @@ def image_data_url(image: "Image.Image", size: int = 128) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def _media_payload(m: "MediaAttention", k: int) -> dict[str, Any]:
+    """Head ``k``'s weights on one image or video: its views (panels drawn on one picture: a video's frame, an
+    image's tiles, LLaVA-OneVision's base and anyres views), each panel's box on the picture (fractions of its
+    width and height) and cells (row-major), and the weight on newline tokens (``off``)."""
+    views: dict[str, dict[str, Any]] = {}
+    for panel, cells in zip(m.grid.panels, m.cells):
+        view = views.setdefault(panel.view, {"label": panel.view, "frame": panel.frame, "panels": []})
+        view["panels"].append(
+            {
+                "box": [_number(v) for v in panel.box],
+                "rows": panel.rows,
+                "cols": panel.cols,
+                "w": [_number(v) for v in cells[k].flatten().tolist()],
+            }
+        )
+    off = _number(float(m.off_grid[k]))
+    return {"kind": m.grid.kind, "index": m.grid.index, "off": off, "views": list(views.values())}
+
+
 def _grid_payload(attention: ImageAttention | None, i: int) -> tuple[list[Any], list[Any]]:
-    """Per head: the image share and the grids of example ``i`` (``[]`` without attention)."""
+    """Per head: the share on images and videos and the grids of example ``i`` (``[]`` without attention)."""
     if attention is None:
         return [], []
     share = [_number(float(v)) for v in attention.share[i].tolist()]
-    grids = [
-        [{"rows": int(g.shape[1]), "cols": int(g.shape[2]), "w": [_number(v) for v in g[k].flatten().tolist()]}
-         for g in attention.grids[i]]
-        for k in range(len(attention.heads))
-    ]  # fmt: skip
+    grids = [[_media_payload(m, k) for m in attention.grids[i]] for k in range(len(attention.heads))]
     return share, grids
+
+
+def _frame_urls(example: "Example", size: int) -> list[list[str]]:
+    """Each video's sampled frames (as the model saw them) as PNG data URLs."""
+    from PIL import Image
+
+    return [[image_data_url(Image.fromarray(f), size) for f in frames] for frames, _ in example.load_videos()]
 
 
 def payload(
@@ -128,6 +150,7 @@ def payload(
                 "correct": correct[i],
                 "confidence": _number(float(shares[i].max())),
                 "images": [image_data_url(img, image_size) for img in ex.load_images()] if ex is not None else [],
+                "frames": _frame_urls(ex, image_size // 2) if ex is not None and ex.n_videos else [],
                 "votes": votes.votes[i].tolist(),
                 "similarity": [[_number(float(v)) for v in head] for head in votes.similarity[i].tolist()],
                 "image_share": image_share,
@@ -179,8 +202,10 @@ def report_data(
     ``fit_heads``; NaN as None, infinities as ``"inf"``); the ``selected`` heads with their rank; per listed
     example its ``id``, ``text``, ``label``, the SAV's ``predicted`` class, whether it is ``correct``, its
     ``images`` as PNG data URLs, each selected head's ``votes`` and ``similarity`` to each class centroid, and
-    with attention each head's ``image_share`` and ``grids`` (per image: ``rows``, ``cols``, weights ``w``
-    row-major).
+    each video's sampled ``frames`` as PNG data URLs, and with attention each head's ``image_share`` (on image
+    and video tokens) and ``grids`` (per image and video in prompt order: its ``kind``, ``index``, weight ``off``
+    the grid (newline tokens), and ``views``, each a picture (``frame`` of a video) with ``panels``: ``box`` on
+    the picture, ``rows``, ``cols``, weights ``w`` row-major).
     """
     from savlens.cache import HeadFeatures
     from savlens.outofcore import StoredFeatures
@@ -234,7 +259,8 @@ def report_data(
     if n > len(shown):
         notes.append(f"{len(shown)} of {n} examples listed (wrong ones first); the accuracy counts all {n}.")
     image_attention = None
-    if attention and model is not None and examples is not None and any(examples[i].n_images for i in shown):
+    with_media = examples is not None and any(examples[i].n_images or examples[i].n_videos for i in shown)
+    if attention and model is not None and examples is not None and with_media:
         opts = getattr(sav, "extract_options_", {})
         batch_options = {k: opts[k] for k in BATCH_OPTIONS if opts.get(k) is not None}
         query = opts.get("positions", "last")
@@ -245,7 +271,7 @@ def report_data(
         except SavlensError as e:  # e.g. a head on a layer without self-attention: the page says so
             warnings.warn(f"savlens.report: no attention over the images ({e.detail})", stacklevel=2)
             notes.append(f"no attention over the images: {e.detail}")
-    elif attention and model is None and examples is not None and any(e.n_images for e in examples):
+    elif attention and model is None and examples is not None and any(e.n_images or e.n_videos for e in examples):
         notes.append("no attention over the images: pass the model to compute it.")
     return payload(
         **common,

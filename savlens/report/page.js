@@ -96,45 +96,75 @@
   legend.appendChild(el("span", null, "selected (number: rank)"));
 
   // ---- one head: its votes, similarities and attention on every example ----
-  function overlay(url, g, share) {
+  // one picture (an image, or a video's frame) with one view's panels of cells over it, each at its box
+  function picture(url, view, top, label) {
     var box = el("div");
     var frame = el("div", "sr-img");
     var img = el("img");
     if (safeImage(url)) { img.src = url; }
-    img.alt = "example image";
+    img.alt = label ? "example " + label : "example image";
     frame.appendChild(img);
-    if (g) {
-      var ov = el("div", "sr-overlay");
-      ov.style.gridTemplate = "repeat(" + g.rows + ", 1fr) / repeat(" + g.cols + ", 1fr)";
-      var top = 0;
-      g.w.forEach(function (x) { top = Math.max(top, value(x) || 0); });
-      g.w.forEach(function (x) {
-        var c = el("div");
-        c.style.background = colour(INFERNO, top > 0 ? (value(x) || 0) / top : 0);
-        c.title = "attention " + fmt(x, 4);
-        ov.appendChild(c);
+    if (view) {
+      view.panels.forEach(function (p) {
+        var ov = el("div", "sr-overlay");
+        var b = p.box.map(function (x) { return value(x) || 0; });
+        ov.style.inset = "auto";
+        ov.style.left = 100 * b[0] + "%";
+        ov.style.top = 100 * b[1] + "%";
+        ov.style.width = 100 * (b[2] - b[0]) + "%";
+        ov.style.height = 100 * (b[3] - b[1]) + "%";
+        ov.style.gridTemplate = "repeat(" + p.rows + ", 1fr) / repeat(" + p.cols + ", 1fr)";
+        p.w.forEach(function (x) {
+          var c = el("div");
+          c.style.background = colour(INFERNO, top > 0 ? (value(x) || 0) / top : 0);
+          c.title = "attention " + fmt(x, 4);
+          ov.appendChild(c);
+        });
+        frame.appendChild(ov);
       });
-      frame.appendChild(ov);
-      frame.title = "this head's attention over the image tokens (colour: weight / its maximum); the pointer hides it";
+      frame.title = "this head's attention over the image tokens at their grid (colour: weight / its maximum on this image); the pointer hides it";
     }
     box.appendChild(frame);
-    if (share !== undefined) {
-      box.appendChild(el("div", "sr-caption", (g ? "" : "grid unknown; ") + pct(share) + " of attention on image"));
-    }
+    if (label) { box.appendChild(el("div", "sr-caption", label)); }
     return box;
+  }
+
+  // every image and video of an example, each view of it a picture (a video: a strip of frames)
+  function mediaStrip(ex, k) {
+    var imgs = el("div", "sr-images");
+    var media = ex.grids.length ? ex.grids[k] : [];
+    var off = 0;
+    media.forEach(function (m) {
+      var top = 0;
+      m.views.forEach(function (v) {
+        v.panels.forEach(function (p) { p.w.forEach(function (x) { top = Math.max(top, value(x) || 0); }); });
+      });
+      off += value(m.off) || 0;
+      var many = m.views.length > 1 || m.kind === "video";
+      m.views.forEach(function (v) {
+        var url = m.kind === "video" ? (ex.frames[m.index] || [])[v.frame] : ex.images[m.index];
+        imgs.appendChild(picture(url, v, top, many ? m.kind + " " + m.index + ": " + v.label : null));
+      });
+    });
+    if (!media.length) {
+      ex.images.forEach(function (url) { imgs.appendChild(picture(url, null, 0, null)); });
+      (ex.frames || []).forEach(function (frames, j) {
+        frames.forEach(function (url, f) { imgs.appendChild(picture(url, null, 0, "video " + j + ": frame " + f)); });
+      });
+    }
+    var wrap = el("div");
+    wrap.appendChild(imgs);
+    if (ex.image_share.length) {
+      wrap.appendChild(el("div", "sr-caption", (media.length ? "" : "grid unknown; ") + pct(ex.image_share[k]) +
+        " of attention on image and video tokens" + (off > 0 ? " (" + pct(off) + " on newline tokens)" : "")));
+    }
+    return wrap;
   }
 
   function exampleCard(ex, k) {
     var card = el("div", "sr-example" + (ex.correct === false ? " sr-wrong" : ex.correct ? " sr-right" : ""));
     card.dataset.index = ex.index;
-    if (ex.images.length) {
-      var imgs = el("div", "sr-images");
-      ex.images.forEach(function (url, j) {
-        var g = ex.grids.length ? ex.grids[k][j] : null;
-        imgs.appendChild(overlay(url, g, ex.image_share.length ? ex.image_share[k] : undefined));
-      });
-      card.appendChild(imgs);
-    }
+    if (ex.images.length || (ex.frames && ex.frames.length)) { card.appendChild(mediaStrip(ex, k)); }
     var meta = el("div", "sr-meta");
     meta.appendChild(el("div", "sr-id", ex.id));
     if (ex.text !== null) { meta.appendChild(el("div", "sr-text", ex.text)); }
@@ -194,7 +224,7 @@
     });
     if (known) { facts.push("its vote matches the label on " + agree + " of " + known + " listed examples (" + pct(agree / known) + ")"); }
     if (shares.length) {
-      facts.push("mean " + pct(shares.reduce(function (a, b) { return a + b; }, 0) / shares.length) + " of its attention on image tokens");
+      facts.push("mean " + pct(shares.reduce(function (a, b) { return a + b; }, 0) / shares.length) + " of its attention on image and video tokens");
     }
     headSummary.textContent = facts.join("; ") + (facts.length ? "." : "");
     if (!data.examples.length) {
