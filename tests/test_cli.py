@@ -337,6 +337,7 @@ def test_the_demo_numbers_are_computed_not_written_in(capsys: pytest.CaptureFixt
     assert run(capsys, "demo", "--model", TINY, "--k", "50", "--quiet")[0] == 2
 
 
+@pytest.mark.slow
 def test_demo_on_smollm2_reads_real_answers(capsys: pytest.CaptureFixture[str]) -> None:
     """The real text model on a small split: the zero-shot rows are measured, with real answer tokens."""
     payload = run_json(
@@ -366,6 +367,7 @@ def test_demo_on_smollm2_reads_real_answers(capsys: pytest.CaptureFixture[str]) 
     assert all(p["zero_shot_restricted"] in ("science", "food") for p in preds)
 
 
+@pytest.mark.slow
 def test_demo_default_is_the_tiny_vlm_with_its_controls(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     """The default demo: the held-out-skill comparison on easy-VQA colours (tiny-vlm-heldout-color, never taught
     to say a colour, beside tiny-vlm); the control and image-only rows are re-derived independently here, and the
