@@ -85,6 +85,7 @@ def test_hook_z_is_the_reshaped_o_proj_input(family: str) -> None:
         assert z.value.shape == (batch.size, batch.seq_len, len(heads), heads[0][2].n_heads, widest)
 
 
+@pytest.mark.parametrize("family", core_fast(savlens.testing.tiny.ALL_FAMILIES))
 def test_head_results_sum_to_attention_output(family: str) -> None:
     model = tiny(family)
     batch = _batch(model)
@@ -216,6 +217,7 @@ def test_every_registered_name_fires_with_declared_dims(family: str) -> None:
     ]
 
 
+@pytest.mark.parametrize("family", core_fast(savlens.testing.tiny.ALL_FAMILIES))
 def test_hook_embed_is_resid_pre_zero_and_resid_chain(family: str) -> None:
     model = tiny(family)
     batch = _batch(model)
@@ -278,6 +280,7 @@ def test_last_position_is_last_real_token_under_left_and_right_padding(family: s
     torch.testing.assert_close(zl.value, zr.value, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("family", core_fast(savlens.testing.tiny.ALL_FAMILIES))
 def test_explicit_indices_count_within_each_row(family: str) -> None:
     model = tiny(family)
     batch = _batch(model)
