@@ -42,6 +42,13 @@ def mixed_examples(model: savlens.Model) -> list[savlens.Example]:
     return coverage_examples(model, model.model_id.removeprefix("tiny-"))
 
 
+def core_fast(families: tuple[str, ...]) -> list:  # noqa: ANN401
+    """``families`` as test parameters: the six core families (``FAMILIES``) in every run, the others marked slow
+    (the full run only). For the expensive per-family contracts (batch invariance, GQA, every hook name); every
+    family still runs the cheap contracts (parity with HF, hook_z = o_proj input, positions) in the fast run."""
+    return [f if f in FAMILIES else pytest.param(f, marks=pytest.mark.slow) for f in families]
+
+
 @pytest.fixture(params=ALL_FAMILIES)
 def any_family(request: pytest.FixtureRequest) -> str:
     """Every family with a tiny recipe (the model-contract tests)."""

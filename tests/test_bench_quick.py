@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+pytestmark = pytest.mark.slow  # the whole benchmark suite in quick mode (minutes)
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

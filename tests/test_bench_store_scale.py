@@ -3,10 +3,14 @@
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import store_scale  # noqa: E402
+
+pytestmark = pytest.mark.slow  # a benchmark, run in full
 
 
 def test_phases_run_and_render(tmp_path: Path) -> None:

@@ -73,7 +73,8 @@ def test_causal_validation_and_steering_run_and_move_the_answer() -> None:
     assert rep.baseline.logprob.shape == (6,)
     assert s["delta_logprob"]["sav_heads"] != 0.0  # ablating 4 of 12 heads moves a random model's answer
     steer = steer_to_class(sav, model, test, ANSWERS, "yes", batch_size=3)
-    assert 0.0 <= steer.share_after <= 1.0 and steer.delta_logprob != 0.0
+    assert steer.share_before == sum(p == "yes" for p in rep.baseline.predicted) / len(test)  # the same clean run
+    assert steer.delta_logprob != 0.0
 
 
 def test_steering_writes_the_target_class_mean_into_the_sav_heads() -> None:

@@ -239,6 +239,7 @@ def test_mhalu_reference_format(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- offline data
 
 
+@pytest.mark.slow  # every split and task in full (the loader also runs, fast, in test_tiny_vlm.py)
 @pytest.mark.skipif(not HAS_EASY_VQA, reason="pip install easy-vqa==1.0")
 def test_easy_vqa_tasks() -> None:
     colour = load_easy_vqa("train", task="color")

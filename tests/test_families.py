@@ -10,7 +10,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from conftest import mixed_examples, recipe_of, tiny
+from conftest import core_fast, mixed_examples, recipe_of, tiny
 from torch import nn
 
 import savlens
@@ -156,6 +156,7 @@ def _z(model: savlens.Model, batch: savlens.Batch) -> torch.Tensor:
     return z.value
 
 
+@pytest.mark.parametrize("any_family", core_fast(ALL_FAMILIES))
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_from_inputs_equals_from_examples(any_family: str, side: str) -> None:
     model = tiny(any_family)

@@ -9,9 +9,13 @@ import contextlib
 import errno
 import multiprocessing as mp
 import os
+import pwd
 import random
+import shutil
 import signal
+import tempfile
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -308,17 +312,63 @@ def test_read_only_target_simulated(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert not (tmp_path / "clf.sav").exists() or not list((tmp_path / "clf.sav").iterdir())
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root ignores permission bits (chmod)")
-def test_read_only_folder_by_permissions(model: savlens.Model, tmp_path: Path) -> None:
-    target = tmp_path / "ro"
-    target.mkdir()
-    feats = HeadFeatures(torch.randn(8, 2, 4, 8), labels=["x", "y"] * 4)
-    target.chmod(0o555)
+def _unprivileged(check: Callable[[], None]) -> None:
+    """Run ``check`` here, or, where this process is root (root ignores permission bits), in a forked child that
+    first drops to the ``nobody`` user; an assertion failing in the child fails the test with its traceback.
+
+    A fork, not a new interpreter: the child keeps the modules already imported, so it needs no read access to
+    the Python installation (under /root in many containers)."""
+    if not (hasattr(os, "geteuid") and os.geteuid() == 0):
+        check()
+        return
     try:
-        with pytest.raises(StoreError, match="is not writable; fix its permissions"):
-            extract(model, ["hi"], store=target, progress=False)
-        with pytest.raises(StoreError, match=r"Permission denied.*choose a writable folder"):
-            SAV(k=2).fit(feats).save(target / "clf.sav")
-        assert list(target.iterdir()) == []
+        uid, gid = pwd.getpwnam("nobody")[2:4]
+    except KeyError:
+        uid = gid = 65534
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        os.close(read)
+        code, report = 1, b""
+        try:
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+            check()
+            code = 0
+        except BaseException:
+            report = traceback.format_exc().encode()
+        finally:
+            os.write(write, report[-60_000:])
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        report = f.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "as the nobody user:\n" + report.decode(errors="replace")
+
+
+def test_read_only_folder_by_permissions(model: savlens.Model) -> None:
+    """A folder without write permission (a real one: as root, the check runs as ``nobody``)."""
+    feats = HeadFeatures(torch.randn(8, 2, 4, 8), labels=["x", "y"] * 4)
+    sav = SAV(k=2).fit(feats)
+    base = Path(tempfile.mkdtemp(prefix="savlens-ro-"))  # not under pytest's root-only tmp folder
+    try:
+        base.chmod(0o755)
+        extract(model, ["hi"], store=base / "warm", progress=False)  # every lazy import done before a fork
+        sav.save(base / "warm.sav")
+        target = base / "ro"
+        target.mkdir()
+        target.chmod(0o555)
+
+        def check() -> None:
+            with pytest.raises(StoreError, match="is not writable; fix its permissions"):
+                extract(model, ["hi"], store=target, progress=False)
+            with pytest.raises(StoreError, match=r"Permission denied.*choose a writable folder"):
+                sav.save(target / "clf.sav")
+            assert list(target.iterdir()) == []
+
+        _unprivileged(check)
     finally:
-        target.chmod(0o755)
+        (base / "ro").chmod(0o755)
+        shutil.rmtree(base)

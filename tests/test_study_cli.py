@@ -214,6 +214,9 @@ n_test = {vlguard = 2}
     assert len(rows) == 2 * 2 * 2 * 4 and {r["target"] for r in rows} == {"vlguard", "mhalu"}
     assert {r["n_test"] for r in rows if r["target"] == "vlguard"} == {4}  # 2 per class, images never shared
     assert {r["n_test"] for r in rows if r["target"] == "mhalu"} == {4}  # the 4 left of 8 after 2 shots a class
-    assert all(0.0 <= r["accuracy"] <= 1.0 and set(r["recall"]) == {"No", "Yes"} for r in rows)
+    for r in rows:  # balanced test sets (2 per class): accuracy is the mean recall, in quarters of the 4 tests
+        assert set(r["recall"]) == {"No", "Yes"}
+        assert r["accuracy"] == pytest.approx((r["recall"]["No"] + r["recall"]["Yes"]) / 2)
+        assert r["accuracy"] * 4 == round(r["accuracy"] * 4)
     for task in ("vlguard", "mhalu"):
         assert savlens.open_store(tmp_path / "stores" / task).n_examples == (16 if task == "vlguard" else 8)

@@ -245,6 +245,7 @@ def test_first_answer_token_is_the_argmax_of_the_traced_logits() -> None:
     assert t.logits[:, 0].argmax(-1).tolist() == first
 
 
+@pytest.mark.slow
 def test_training_is_seeded_and_reproducible() -> None:
     from tiny_vlm_training import TrainConfig, VQAItem, train_projector
 

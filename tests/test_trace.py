@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import mixed_examples, tiny
+from conftest import core_fast, mixed_examples, tiny
 
 import savlens
 import savlens.testing.tiny
@@ -81,6 +81,7 @@ def test_hook_z_is_the_reshaped_o_proj_input(family: str) -> None:
         assert z.value.shape == (batch.size, batch.seq_len, len(heads), heads[0][2].n_heads, widest)
 
 
+@pytest.mark.parametrize("family", core_fast(savlens.testing.tiny.ALL_FAMILIES))
 def test_head_results_sum_to_attention_output(family: str) -> None:
     model = tiny(family)
     batch = _batch(model)
@@ -96,6 +97,7 @@ def test_head_results_sum_to_attention_output(family: str) -> None:
         torch.testing.assert_close(total, ref, atol=2e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("family", core_fast(savlens.testing.tiny.ALL_FAMILIES))
 def test_gqa_each_query_head_reads_its_kv_group(family: str) -> None:
     """With eager attention: z[h] at the last token == pattern[h] @ v[kv_head_of(h)], exactly the GQA map."""
     model = tiny(family, attn="eager")
@@ -144,6 +146,7 @@ def test_gqa_each_query_head_reads_its_kv_group(family: str) -> None:
 
 
 # 3. every registered name fires with its declared dims -------------------------------------------
+@pytest.mark.parametrize("family", core_fast(savlens.testing.tiny.ALL_FAMILIES))
 def test_every_registered_name_fires_with_declared_dims(family: str) -> None:
     model = tiny(family, attn="eager")
     batch = _batch(model)
@@ -210,6 +213,7 @@ def test_every_registered_name_fires_with_declared_dims(family: str) -> None:
     ]
 
 
+@pytest.mark.parametrize("family", core_fast(savlens.testing.tiny.ALL_FAMILIES))
 def test_hook_embed_is_resid_pre_zero_and_resid_chain(family: str) -> None:
     model = tiny(family)
     batch = _batch(model)
@@ -272,6 +276,7 @@ def test_last_position_is_last_real_token_under_left_and_right_padding(family: s
     torch.testing.assert_close(zl.value, zr.value, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("family", core_fast(savlens.testing.tiny.ALL_FAMILIES))
 def test_explicit_indices_count_within_each_row(family: str) -> None:
     model = tiny(family)
     batch = _batch(model)
@@ -324,6 +329,7 @@ def _single_rows(model: savlens.Model, exs: list[savlens.Example], **kw: object)
     return torch.cat(outs)
 
 
+@pytest.mark.parametrize("family", core_fast(savlens.testing.tiny.ALL_FAMILIES))
 def test_batch_invariance_fp32(family: str) -> None:
     model = tiny(family, attn="eager" if family in SDPA_NOT_INVARIANT else "sdpa")
     exs = mixed_examples(model)
@@ -336,6 +342,7 @@ def test_batch_invariance_fp32(family: str) -> None:
     assert (z.value - single).abs().max() <= BATCH_TOL_FP32
 
 
+@pytest.mark.parametrize("family", core_fast(savlens.testing.tiny.ALL_FAMILIES))
 def test_batch_invariance_bf16_eager_is_bit_exact(family: str) -> None:
     """With mask-derived positions (Llama, LLaVA-OV) or the model's own mRoPE (Qwen), eager bf16 is exact."""
     model = tiny(family, attn="eager", dtype=torch.bfloat16)
@@ -385,7 +392,7 @@ def test_repeated_traces_are_independent() -> None:
     assert torch.equal(vals[0], vals[1]) and torch.equal(vals[1], vals[2])
 
 
-@pytest.mark.parametrize("family", ALL_VLMS)
+@pytest.mark.parametrize("family", core_fast(ALL_VLMS))
 def test_multi_image_row_in_a_batch(family: str) -> None:
     model = tiny(family, attn="eager" if family in SDPA_NOT_INVARIANT else "sdpa")
     imgs = savlens.testing.tiny.sample_images(3, seed=4)
