@@ -65,7 +65,7 @@ def _batch(model: Any, kind: str, n_tokens: int) -> Any:
 
 def _call(method: str, model: Any, batch: Any) -> Any:
     import savlens
-    from savlens.attention import attention_patterns
+    from savlens.tracing import attention_patterns
 
     if method == "sdpa_capture":
         return attention_patterns(model, batch, list(HEADS)).value[:, :, 0]

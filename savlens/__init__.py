@@ -1,6 +1,5 @@
 """savlens: Sparse Attention Vectors and per-head interpretability for large multimodal models."""
 
-from savlens.attention import attention_patterns
 from savlens.cache import ActivationCache, CacheEntry, HeadFeatures
 from savlens.errors import SavlensError
 from savlens.example import Example
@@ -10,7 +9,7 @@ from savlens.inputs import Batch
 from savlens.loading import Model, load, wrap
 from savlens.sav import SAV
 from savlens.store import open_store
-from savlens.tracing import Handle, Trace, run_with_cache, trace
+from savlens.tracing import Handle, Trace, attention_patterns, run_with_cache, trace
 
 __version__ = "0.1.0"
 

@@ -35,9 +35,8 @@ from torch import Tensor
 
 from savlens.errors import ArgumentError, HookNotAvailableError
 from savlens.heads import Head, HeadSet
-from savlens.inputs import Batch
 from savlens.loading import Model
-from savlens.positions import Positions, Selection, select_positions, take_positions
+from savlens.positions import Selection, take_positions
 
 #: backend-call keyword arguments that change the scores in ways the capture does not reproduce
 _REFUSED_KWARGS = ("s_aux", "position_bias")
@@ -321,48 +320,4 @@ class AttentionPatterns:
         return self.value[:, list(self.heads).index(h)]
 
 
-def attention_patterns(
-    model: Model,
-    batch: Batch,
-    heads: Any,
-    positions: Positions = "last",
-    *,
-    device: torch.device | str | None = "cpu",
-) -> AttentionPatterns:
-    """Return the attention probabilities of ``heads`` at the query ``positions`` of ``batch``, under the model's
-    own attention backend (SDPA, flash, flex or eager; never switching it).
-
-    The forward pass stops after the last layer of ``heads``. Memory: ``batch x k x query rows x keys``.
-
-    Args:
-        model: the model.
-        batch: the batch.
-        heads: a :class:`HeadSet`, ``"L14H3"`` labels or ``(layer, head)`` pairs (self-attention layers only).
-        positions: query rows: ``"last"`` (default: each row's last real token), ``"image"``, ``"text"``,
-            ``"all"`` or indices (as :meth:`savlens.Trace.save`).
-        device: where the result goes (default CPU).
-
-    Example::
-
-        p = savlens.attention_patterns(model, batch, ["L1H0", "L2H3"])   # from the last token
-        p["L1H0"][0, 0]                                                  # row 0's attention over its keys
-    """
-    from savlens.tracing import trace  # tracing imports this module for hook_pattern
-
-    hs = heads if isinstance(heads, HeadSet) else HeadSet(heads)
-    if not len(hs):
-        raise ArgumentError("attention_patterns needs at least one head.")
-    sel = select_positions(batch, positions)
-    per_layer: dict[int, list[int]] = {}
-    for h in hs:
-        per_layer.setdefault(h.layer, []).append(h.head)
-    last = max(per_layer)
-    capture = PatternCapture(model, per_layer, sel, dtype=torch.float32)
-    with capture, trace(model, batch, logits=None, stop_at_layer=last) as t:
-        t.save(f"blocks.{last}.hook_resid_post")  # keeps the pass going until the last layer's attention ran
-    order = {layer: {h: i for i, h in enumerate(hh)} for layer, hh in per_layer.items()}
-    value = torch.stack([capture.patterns[h.layer][:, order[h.layer][h.head]] for h in hs], dim=1)
-    return AttentionPatterns(hs, value.to(device), sel.index.clone(), sel.mask.clone())
-
-
-__all__ = ["AttentionPatterns", "PatternCapture", "attention_patterns", "pattern_rows"]
+__all__ = ["AttentionPatterns", "PatternCapture", "pattern_rows"]

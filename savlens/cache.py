@@ -6,13 +6,16 @@ Both hold tensors only; nothing here touches a model.
 import dataclasses
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
 from savlens.errors import FeatureError, HookNameError, LabelError
+
+if TYPE_CHECKING:
+    from savlens.heads import HeadSet
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,17 @@ PROVENANCE = (
 )
 #: The provenance fields of the prompt (how each example was rendered): tasks may differ in them.
 PROMPT_FIELDS = ("prompt_template", "chat", "system_prompt")
+
+
+def check_same_source(features: Any, other: Any, what: str = "these features") -> None:
+    """Raise :class:`FeatureError` unless two sets of features (in memory or stored) come from the same model,
+    hook, positions and grid: every :data:`PROVENANCE` field but the prompt (:data:`PROMPT_FIELDS`, which tasks
+    may have their own of)."""
+    mine, theirs = describe_features(features), describe_features(other)
+    diff = {k: (mine[k], theirs[k]) for k in mine if mine[k] != theirs[k] and k not in PROMPT_FIELDS}
+    if diff:
+        parts = "; ".join(f"{k}: {a!r} vs {b!r}" for k, (a, b) in diff.items())
+        raise FeatureError(f"cannot mix {what}: they come from different sources ({parts}).")
 
 
 def describe_features(features: Any) -> dict[str, Any]:
@@ -321,11 +335,7 @@ class HeadFeatures:
     def check_compatible(self, other: "HeadFeatures", what: str = "these features") -> None:
         """Raise :class:`FeatureError` unless ``other`` comes from the same model, hook, positions
         and grid as ``self`` (the prompt, :data:`PROMPT_FIELDS`, may differ: tasks have their own)."""
-        mine, theirs = self.describe(), other.describe()
-        diff = {k: (mine[k], theirs[k]) for k in mine if mine[k] != theirs[k] and k not in PROMPT_FIELDS}
-        if diff:
-            parts = "; ".join(f"{k}: {a!r} vs {b!r}" for k, (a, b) in diff.items())
-            raise FeatureError(f"cannot mix {what}: they come from different sources ({parts}).")
+        check_same_source(self, other, what)
 
     @staticmethod
     def concat(parts: Sequence["HeadFeatures"]) -> "HeadFeatures":
@@ -354,3 +364,35 @@ class HeadFeatures:
         return dataclasses.replace(parts[0], z=torch.cat([p.z for p in parts]), labels=labels, example_ids=ids, **extra)
 
 
+def gather_heads(
+    features: "HeadFeatures", heads: "HeadSet", what: str = "features", *, upcast: bool = True
+) -> Float[Tensor, "example k d_head"]:
+    """Return the vectors of ``heads`` (in rank order) from ``features``, refusing NaN / inf.
+
+    ``Head.layer`` is a model layer, looked up in ``features.layers``. Half-precision and integer features
+    are upcast to float32 unless ``upcast`` is False (reference mode keeps floating dtypes as they are).
+
+    Example:
+        >>> z = torch.arange(2 * 3 * 2 * 1.0).reshape(2, 3, 2, 1)
+        >>> gather_heads(HeadFeatures(z), HeadSet(["L2H1", "L0H0"]))[:, :, 0].tolist()
+        [[5.0, 0.0], [11.0, 6.0]]
+    """
+    layers = list(features.layers or ())
+    rows, cols = [], []
+    for h in heads:
+        if h.layer not in layers:
+            raise FeatureError(
+                f"{what}: head {h} needs layer {h.layer}, which these features do not hold (layers {layers})."
+            )
+        if h.head >= features.n_heads:
+            raise FeatureError(f"{what}: head {h} does not exist; these features have head_index={features.n_heads}.")
+        rows.append(layers.index(h.layer))
+        cols.append(h.head)
+    x = features.z[:, torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long)]
+    if not x.is_floating_point() or (upcast and x.dtype in (torch.float16, torch.bfloat16)):
+        x = x.float()
+    if not torch.isfinite(x).all():
+        i, j = torch.nonzero(~torch.isfinite(x).all(dim=-1))[0].tolist()
+        ids = features.example_ids or []
+        raise FeatureError(f"{what}: NaN or infinite values in head {list(heads)[j]} of example {ids[i]!r}.")
+    return x

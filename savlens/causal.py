@@ -21,14 +21,13 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from savlens.attention import attention_patterns
 from savlens.cache import HeadFeatures
 from savlens.errors import ArgumentError, FeatureError, InputError
 from savlens.example import Example
 from savlens.heads import Head, HeadSet
 from savlens.inputs import Batch
 from savlens.loading import Model
-from savlens.tracing import trace
+from savlens.tracing import attention_patterns, trace
 
 
 @dataclass

@@ -27,7 +27,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from savlens.cache import HeadFeatures, describe_features
+from savlens.cache import HeadFeatures, check_same_source, describe_features
 from savlens.errors import ArgumentError, FeatureError, SavlensError, StoreError
 from savlens.store import load_shards, provenance
 
@@ -294,18 +294,6 @@ def block_sizes(
         rows = max(1, min(n, bound // 2 // max(1, heads * raw_per_example_head)))
     step = max(1, min(16, heads, bound // 4 // max(1, rows * temp_per_example_head)))
     return heads, rows, step
-
-
-def check_same_source(
-    features: "HeadFeatures | StoredFeatures", other: "HeadFeatures | StoredFeatures", what: str = "these features"
-) -> None:
-    """Raise :class:`FeatureError` unless two sets of features, in memory or stored, come from the same model, hook,
-    positions and grid (prompt templates may differ), as :meth:`HeadFeatures.check_compatible`."""
-    mine, theirs = features.describe(), other.describe()
-    diff = {k: (mine[k], theirs[k]) for k in mine if mine[k] != theirs[k] and k != "prompt_template"}
-    if diff:
-        parts = "; ".join(f"{k}: {a!r} vs {b!r}" for k, (a, b) in diff.items())
-        raise FeatureError(f"cannot mix {what}: they come from different sources ({parts}).")
 
 
 def head_indices(features: "HeadFeatures | StoredFeatures", heads: "Iterable[Any]", what: str = "features") -> Tensor:

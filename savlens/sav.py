@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
-from savlens.cache import HeadFeatures
+from savlens.cache import HeadFeatures, gather_heads
 from savlens.errors import ArgumentError, FeatureError, LabelError
 from savlens.estimator import Estimator
 from savlens.heads import Head, HeadScores, HeadSet
@@ -38,7 +38,7 @@ from savlens.scoring import (
 )
 from savlens.voting import VoteContext, Votes, VotingRule, loo_similarity, run_voting, tally, voting_name
 
-__all__ = ["SAV", "Votes", "extract_options_of", "gather_heads"]
+__all__ = ["SAV", "Votes", "extract_options_of"]
 
 
 def _source_of(features: "HeadFeatures | StoredFeatures") -> dict[str, Any]:
@@ -513,37 +513,3 @@ class SAV(Estimator):
                 that does not match.
         """
         return load_sav(cls, path, expect)
-
-
-def gather_heads(
-    features: HeadFeatures, heads: HeadSet, what: str = "features", *, upcast: bool = True
-) -> Float[Tensor, "example k d_head"]:
-    """Return the vectors of ``heads`` (in rank order) from ``features``, refusing NaN / inf.
-
-    ``Head.layer`` is a model layer, looked up in ``features.layers``. Half-precision and integer features
-    are upcast to float32 unless ``upcast`` is False (reference mode keeps floating dtypes as they are).
-
-    Example:
-        >>> z = torch.arange(2 * 3 * 2 * 1.0).reshape(2, 3, 2, 1)
-        >>> gather_heads(HeadFeatures(z), HeadSet(["L2H1", "L0H0"]))[:, :, 0].tolist()
-        [[5.0, 0.0], [11.0, 6.0]]
-    """
-    layers = list(features.layers or ())
-    rows, cols = [], []
-    for h in heads:
-        if h.layer not in layers:
-            raise FeatureError(
-                f"{what}: head {h} needs layer {h.layer}, which these features do not hold (layers {layers})."
-            )
-        if h.head >= features.n_heads:
-            raise FeatureError(f"{what}: head {h} does not exist; these features have head_index={features.n_heads}.")
-        rows.append(layers.index(h.layer))
-        cols.append(h.head)
-    x = features.z[:, torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long)]
-    if not x.is_floating_point() or (upcast and x.dtype in (torch.float16, torch.bfloat16)):
-        x = x.float()
-    if not torch.isfinite(x).all():
-        i, j = torch.nonzero(~torch.isfinite(x).all(dim=-1))[0].tolist()
-        ids = features.example_ids or []
-        raise FeatureError(f"{what}: NaN or infinite values in head {list(heads)[j]} of example {ids[i]!r}.")
-    return x

@@ -20,11 +20,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from savlens.cache import PROMPT_FIELDS, HeadFeatures
+from savlens.cache import PROMPT_FIELDS, HeadFeatures, check_same_source
 from savlens.compare import jaccard, spearman
 from savlens.errors import ArgumentError, FeatureError
 from savlens.heads import HeadScores, HeadSet
-from savlens.outofcore import StoredFeatures, check_same_source
+from savlens.outofcore import StoredFeatures
 from savlens.sav import SAV
 from savlens.scoring import Criterion
 

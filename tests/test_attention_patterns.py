@@ -9,10 +9,10 @@ from conftest import mixed_examples, tiny
 
 import savlens
 import savlens.testing.tiny
-from savlens.attention import attention_patterns
 from savlens.engine import model_inputs as _model_inputs
 from savlens.errors import HookNotAvailableError
 from savlens.testing.coverage import SDPA_NOT_INVARIANT
+from savlens.tracing import attention_patterns
 
 #: the worst |sdpa capture - eager weights| measured over every family, fp32, positions "last" and "all":
 #: 6.7e-6 (Gemma 4, scaling 1 after q/k norms), 2.7e-6 (Gemma 4 text), at most 2.1e-6 in the others

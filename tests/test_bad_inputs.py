@@ -467,7 +467,7 @@ def _(env: Env) -> Call:
     r"self-attention layers only. Layers by kind",
 )
 def _(env: Env) -> Call:
-    from savlens.attention import attention_patterns
+    from savlens.tracing import attention_patterns
 
     model = tiny("mllama")
     batch = savlens.Batch.from_examples(model, ["what is it ?"])

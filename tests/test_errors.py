@@ -74,7 +74,7 @@ def test_batch_built_for_another_model() -> None:
 
 
 def test_pattern_on_a_cross_attention_layer() -> None:
-    from savlens.attention import attention_patterns
+    from savlens.tracing import attention_patterns
 
     model = tiny("mllama")
     with pytest.raises(HookNotAvailableError, match="layer 1 is a cross attention layer.*self-attention layers only"):

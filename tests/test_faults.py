@@ -134,9 +134,9 @@ class _Crash(BaseException):
 def _fail_writes(
     monkeypatch: pytest.MonkeyPatch, when: Callable[[str], bool], exc: BaseException, fraction: float = 0.5
 ) -> None:
-    """Make savlens.io's writers (``open(..., "wb")`` for bytes and JSON, safetensors' ``save_file`` for tensors)
+    """Make savlens.io's writer (``open(..., "wb")``: every file savlens writes, tensors serialised to bytes first)
     write ``fraction`` of a matching file's bytes, then raise ``exc``: a crash, a full disk, a read-only mount."""
-    real_open, real_save_file = open, sio.save_file
+    real_open = open
 
     class Half:
         def __init__(self, fh: Any) -> None:
@@ -160,17 +160,8 @@ def _fail_writes(
         fh = real_open(path, mode, *args, **kw)
         return Half(fh) if ("w" in mode or "a" in mode) and when(os.fspath(path)) else fh
 
-    def fake_save_file(tensors: Any, path: Any, metadata: Any = None) -> None:
-        if not when(os.fspath(path)):
-            return real_save_file(tensors, path, metadata=metadata)
-        real_save_file(tensors, path, metadata=metadata)
-        data = Path(path).read_bytes()
-        Path(path).write_bytes(data[: int(len(data) * fraction)])
-        raise exc
-
     monkeypatch.setattr(sio, "open", fake_open, raising=False)
     monkeypatch.setattr(savlens.store, "open", fake_open, raising=False)
-    monkeypatch.setattr(sio, "save_file", fake_save_file)
 
 
 def _nth(marker: str, n: int) -> Callable[[str], bool]:

@@ -102,11 +102,11 @@ def test_report_grids_are_each_heads_attention_at_the_real_token_grid(family: st
     are what :func:`savlens.plot.attention_on_grid` draws for the same weights."""
     from conftest import tiny
 
-    from savlens.attention import attention_patterns
     from savlens.heads import HeadSet
     from savlens.plot import attention_on_grid
     from savlens.report._attention import head_image_attention
     from savlens.report._data import _media_payload
+    from savlens.tracing import attention_patterns
 
     model = tiny(family)
     rng = np.random.default_rng(0)

@@ -8,10 +8,10 @@ from _reference.synthetic import noise, planted
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from savlens.cache import HeadFeatures
+from savlens.cache import HeadFeatures, gather_heads
 from savlens.errors import FeatureError, LabelError, SavlensError, StoreError
 from savlens.heads import HeadScores, HeadSet
-from savlens.sav import SAV, gather_heads
+from savlens.sav import SAV
 
 PLANTED = HeadSet(["L0H1", "L2H3", "L3H2"])
 

@@ -215,11 +215,11 @@ def real_grid_attention(
 
     import savlens
     from savlens import plot
-    from savlens.attention import attention_patterns
     from savlens.example import Example
     from savlens.heads import HeadSet
     from savlens.models.grids import token_grids
     from savlens.testing.tiny import build_tiny
+    from savlens.tracing import attention_patterns
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

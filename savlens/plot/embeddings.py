@@ -34,7 +34,7 @@ def tsne_embedding(
     """
     from sklearn.manifold import TSNE
 
-    from savlens.sav import gather_heads
+    from savlens.cache import gather_heads
 
     h = Head.coerce(head)
     x = gather_heads(features, HeadSet([h]), "tsne_embedding")[:, 0].double()

@@ -104,8 +104,8 @@ def head_image_attention(
         batch_size: examples per forward pass.
         **batch_options: :meth:`savlens.Batch.from_examples` options (prompt template, chat, system prompt).
     """
-    from savlens.attention import attention_patterns
     from savlens.inputs import Batch
+    from savlens.tracing import attention_patterns
 
     shares: list[Tensor] = []
     grids: list[list[MediaAttention]] = []
