@@ -27,9 +27,10 @@ from savlens.cache import HeadFeatures
 from savlens.errors import ArgumentError, LabelError
 from savlens.estimator import Estimator
 from savlens.heads import Head, HeadScores, HeadSet
+from savlens.labels import encode_labels, normalize_label, resolve_labels
 from savlens.outofcore import StoredFeatures, head_blocks
 from savlens.sav import SAV
-from savlens.scoring import EPS, Criterion, encode_labels, normalize_label, resolve_labels
+from savlens.scoring import EPS, Criterion
 from savlens.threads import _check_threads, limit_threads
 from savlens.voting import Votes
 

@@ -18,8 +18,9 @@ from savlens.cache import HeadFeatures
 from savlens.classifiers import SparseLayers
 from savlens.errors import ArgumentError, FeatureError
 from savlens.heads import Head, HeadScores, HeadSet
+from savlens.labels import encode_labels, resolve_labels
 from savlens.sav import SAV
-from savlens.scoring import encode_labels, resolve_labels, stratified_folds
+from savlens.scoring import stratified_folds
 
 
 @dataclass(eq=False)

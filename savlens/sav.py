@@ -23,19 +23,11 @@ from savlens.errors import ArgumentError, FeatureError, LabelError
 from savlens.estimator import Estimator
 from savlens.heads import Head, HeadScores, HeadSet
 from savlens.io import json_safe
+from savlens.labels import EncodedLabels, encode_labels, normalize_label, resolve_labels
 from savlens.outofcore import StoredFeatures, head_blocks
 from savlens.pipeline import EXTRACT_OPTIONS, extract_for, is_model
 from savlens.sav_io import COMPARED, load_sav, save_sav, template_hash
-from savlens.scoring import (
-    EPS,
-    Criterion,
-    EncodedLabels,
-    centroid_accuracy,
-    encode_labels,
-    normalize_label,
-    resolve_labels,
-    run_criterion,
-)
+from savlens.scoring import EPS, Criterion, centroid_accuracy, run_criterion
 from savlens.voting import VoteContext, Votes, VotingRule, loo_similarity, run_voting, tally, voting_name
 
 __all__ = ["SAV", "Votes", "extract_options_of"]

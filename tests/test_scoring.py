@@ -12,11 +12,11 @@ from hypothesis import strategies as st
 from savlens.cache import HeadFeatures
 from savlens.errors import ArgumentError, FeatureError, LabelError, SavlensError
 from savlens.heads import HeadScores, HeadSet
+from savlens.labels import encode_labels
 from savlens.scoring import (
     _CRITERIA,
     available_criteria,
     centroid_accuracy,
-    encode_labels,
     fisher_ratio,
     get_criterion,
     probe_accuracy,

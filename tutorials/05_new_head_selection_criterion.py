@@ -29,7 +29,8 @@ import torch.nn.functional as F
 
 import savlens
 from savlens.heads import HeadScores
-from savlens.scoring import register_criterion, resolve_labels
+from savlens.labels import resolve_labels
+from savlens.scoring import register_criterion
 
 if "__file__" in globals():  # run from another folder (as CI does); a notebook runs in this one
     sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -242,7 +242,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Run ``savlens eval``: accuracy, per-class report and confusion matrix of a saved SAV."""
-    from savlens.scoring import normalize_label
+    from savlens.labels import normalize_label
 
     sav = load_sav(args.sav)
     feats = features_for_sav(args, sav, args.data)

@@ -72,7 +72,7 @@ def head_tsne(
         seed: t-SNE seed.
         normalize: unit-normalise the vectors first.
     """
-    from savlens.scoring import resolve_labels
+    from savlens.labels import resolve_labels
 
     if isinstance(heads, (Head, str)) or (isinstance(heads, tuple) and len(heads) == 2 and isinstance(heads[0], int)):
         head_list = [Head.coerce(heads)]  # type: ignore[arg-type]

@@ -208,8 +208,8 @@ def report_data(
     the picture, ``rows``, ``cols``, weights ``w`` row-major).
     """
     from savlens.cache import HeadFeatures
+    from savlens.labels import normalize_label
     from savlens.outofcore import StoredFeatures
-    from savlens.scoring import normalize_label
 
     what = "savlens.report"
     sav._check_fitted(what)
@@ -291,7 +291,7 @@ def votes_data(
     """Return the report's data for a :class:`savlens.Votes` alone: its heads, and per example each head's vote
     and similarities (no head scores, text or images: the votes do not hold them); the first ``max_examples``
     examples in :func:`wrong_first` order."""
-    from savlens.scoring import normalize_label
+    from savlens.labels import normalize_label
 
     n = int(votes.votes.shape[0])
     if labels is not None and len(labels) != n:

@@ -13,8 +13,9 @@ import numpy as np
 from savlens.cache import HeadFeatures
 from savlens.errors import FeatureError, SavlensError, StudyConfigError
 from savlens.heads import HeadScores, HeadSet
+from savlens.labels import encode_labels
 from savlens.sav import SAV
-from savlens.scoring import MODES, Criterion, criterion_name, encode_labels, get_criterion, run_criterion
+from savlens.scoring import MODES, Criterion, criterion_name, get_criterion, run_criterion
 from savlens.stats import class_metrics
 from savlens.study.split import Groups, draw_nested_split, draw_split, resolve_groups
 from savlens.study.table import StudyRow, StudyTable
