@@ -4,7 +4,7 @@ Both hold tensors only; nothing here touches a model.
 """
 
 import dataclasses
-from collections.abc import Hashable, Iterator, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -373,22 +373,13 @@ def gather_heads(
     are upcast to float32 unless ``upcast`` is False (reference mode keeps floating dtypes as they are).
 
     Example:
+        >>> from savlens.heads import HeadSet
         >>> z = torch.arange(2 * 3 * 2 * 1.0).reshape(2, 3, 2, 1)
         >>> gather_heads(HeadFeatures(z), HeadSet(["L2H1", "L0H0"]))[:, :, 0].tolist()
         [[5.0, 0.0], [11.0, 6.0]]
     """
-    layers = list(features.layers or ())
-    rows, cols = [], []
-    for h in heads:
-        if h.layer not in layers:
-            raise FeatureError(
-                f"{what}: head {h} needs layer {h.layer}, which these features do not hold (layers {layers})."
-            )
-        if h.head >= features.n_heads:
-            raise FeatureError(f"{what}: head {h} does not exist; these features have head_index={features.n_heads}.")
-        rows.append(layers.index(h.layer))
-        cols.append(h.head)
-    x = features.z[:, torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long)]
+    flat = head_indices(features, heads, what)
+    x = features.z.flatten(1, 2)[:, flat]
     if not x.is_floating_point() or (upcast and x.dtype in (torch.float16, torch.bfloat16)):
         x = x.float()
     if not torch.isfinite(x).all():
@@ -396,3 +387,23 @@ def gather_heads(
         ids = features.example_ids or []
         raise FeatureError(f"{what}: NaN or infinite values in head {list(heads)[j]} of example {ids[i]!r}.")
     return x
+
+
+def head_indices(features: Any, heads: "Iterable[Any]", what: str = "features") -> Tensor:
+    """Return the flat (layer-major) indices of ``heads`` (:class:`~savlens.heads.Head` objects, in order) in
+    ``features``, whose ``layers`` hold model layer numbers.
+
+    Raises:
+        FeatureError: a head's layer is not in the features, or its head index is past ``head_index``.
+    """
+    layers = list(features.layers or ())
+    flat = []
+    for h in heads:
+        if h.layer not in layers:
+            raise FeatureError(
+                f"{what}: head {h} needs layer {h.layer}, which these features do not hold (layers {layers})."
+            )
+        if h.head >= features.n_heads:
+            raise FeatureError(f"{what}: head {h} does not exist; these features have head_index={features.n_heads}.")
+        flat.append(layers.index(h.layer) * features.n_heads + h.head)
+    return torch.tensor(flat, dtype=torch.long)

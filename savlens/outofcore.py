@@ -27,7 +27,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from savlens.cache import HeadFeatures, check_same_source, describe_features
+from savlens.cache import HeadFeatures, check_same_source, describe_features, head_indices
 from savlens.errors import ArgumentError, FeatureError, SavlensError, StoreError
 from savlens.store import load_shards, provenance
 
@@ -294,26 +294,6 @@ def block_sizes(
         rows = max(1, min(n, bound // 2 // max(1, heads * raw_per_example_head)))
     step = max(1, min(16, heads, bound // 4 // max(1, rows * temp_per_example_head)))
     return heads, rows, step
-
-
-def head_indices(features: "HeadFeatures | StoredFeatures", heads: "Iterable[Any]", what: str = "features") -> Tensor:
-    """Return the flat (layer-major) indices of ``heads`` (:class:`~savlens.heads.Head` objects, in order) in
-    ``features``, whose ``layers`` hold model layer numbers.
-
-    Raises:
-        FeatureError: a head's layer is not in the features, or its head index is past ``head_index``.
-    """
-    layers = list(features.layers or ())
-    flat = []
-    for h in heads:
-        if h.layer not in layers:
-            raise FeatureError(
-                f"{what}: head {h} needs layer {h.layer}, which these features do not hold (layers {layers})."
-            )
-        if h.head >= features.n_heads:
-            raise FeatureError(f"{what}: head {h} does not exist; these features have head_index={features.n_heads}.")
-        flat.append(layers.index(h.layer) * features.n_heads + h.head)
-    return torch.tensor(flat, dtype=torch.long)
 
 
 def head_blocks(
