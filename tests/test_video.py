@@ -178,9 +178,9 @@ def test_videos_extract_fit_and_predict_end_to_end(family: str, tmp_path: Path) 
     for i, ex in enumerate(exs[:2]):  # batched extraction equals each clip alone
         alone = savlens.extract(model, [ex], progress=False)
         torch.testing.assert_close(feats.z[i], alone.z[0], atol=BATCH_TOL_FP32, rtol=0)
-    sav = savlens.SAV(k=4).fit(model, train, batch_size=3)
-    assert sav.predict(model, train) == [e.label for e in train]
-    assert sav.predict(model, test) == [e.label for e in test]
+    sav = savlens.SAV(k=4).fit_model(model, train, batch_size=3)
+    assert sav.predict(sav.extract(model, train)) == [e.label for e in train]
+    assert sav.predict(sav.extract(model, test)) == [e.label for e in test]
     # the same SAV on the stored features agrees with the model-driven call
     assert sav.predict(feats.subset(list(range(6, 8)))) == [e.label for e in test]
 
