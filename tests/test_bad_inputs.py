@@ -779,7 +779,9 @@ def _(env: Env) -> Call:
     return Call(lambda: open_store(store))
 
 
-@bad("a store manifest with fields missing", StoreError, r"shard 0: ids: Field required", r"Re-extract into a new store")
+@bad(
+    "a store manifest with fields missing", StoreError, r"shard 0: ids: Field required", r"Re-extract into a new store"
+)
 def _(env: Env) -> Call:
     store = _store(env)
     _edit_manifest(store, lambda m: m["shards"][0].pop("ids"))
