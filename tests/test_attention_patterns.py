@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import mixed_examples, tiny
+from conftest import core_fast, mixed_examples, tiny
 
 import savlens
 import savlens.testing.tiny
@@ -19,7 +19,7 @@ from savlens.tracing import attention_patterns
 ATOL = 1e-5
 
 
-@pytest.fixture(params=savlens.testing.tiny.ALL_FAMILIES)
+@pytest.fixture(params=core_fast(savlens.testing.tiny.ALL_FAMILIES))
 def family(request: pytest.FixtureRequest) -> str:
     return request.param
 

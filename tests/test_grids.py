@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import core_fast
 from torch import nn
 
 import savlens
@@ -97,7 +98,7 @@ def _picture(size: tuple[int, int], square: tuple[int, int, int, int] | None) ->
     return a
 
 
-@pytest.mark.parametrize("family", IMAGE_FAMILIES)
+@pytest.mark.parametrize("family", core_fast(IMAGE_FAMILIES))
 def test_a_bright_square_lands_on_the_tokens_the_map_names(family: str) -> None:
     model = _local(family)
     dark, bright = _picture(SIZE, None), _picture(SIZE, SQUARE)
@@ -134,7 +135,7 @@ def test_llava_onevision_newline_tokens_close_each_anyres_row() -> None:
     torch.testing.assert_close(r.value[0][g.positions[newline]], newline_embed.expand(int(newline.sum()), -1))
 
 
-@pytest.mark.parametrize("family", VIDEO_FAMILIES)
+@pytest.mark.parametrize("family", core_fast(VIDEO_FAMILIES))
 def test_a_square_in_one_frame_lands_on_that_frames_tokens(family: str, tmp_path: Path) -> None:
     model = _local(family)
     frames = np.zeros((4, 56, 112, 3), np.uint8)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from _clips import moving_square, write_clip
-from conftest import tiny
+from conftest import core_fast, tiny
 
 import savlens
 from savlens.errors import InputError, PositionError, VideoError, VideoNotSupportedError
@@ -100,7 +100,7 @@ def test_a_file_and_its_decoded_frames_give_the_same_features(clip: Path) -> Non
 
 
 # every video family -----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("family", VIDEO_FAMILIES)
+@pytest.mark.parametrize("family", core_fast(VIDEO_FAMILIES))
 def test_video_positions_select_the_video_tokens(family: str, clip: Path, tmp_path: Path) -> None:
     model = _model(family)
     exs = _mixed(model, clip)
@@ -129,7 +129,7 @@ def test_video_positions_select_the_video_tokens(family: str, clip: Path, tmp_pa
     assert bool(changed[0].any()) and not bool((changed & ~vid).any())
 
 
-@pytest.mark.parametrize("family", VIDEO_FAMILIES)
+@pytest.mark.parametrize("family", core_fast(VIDEO_FAMILIES))
 def test_batches_mixing_video_image_and_text_rows_are_batch_invariant(family: str, clip: Path) -> None:
     model = _model(family)
     exs = _mixed(model, clip)
@@ -145,7 +145,9 @@ def test_batches_mixing_video_image_and_text_rows_are_batch_invariant(family: st
         assert int(batch.video_mask[i].sum()) == n  # type: ignore[index]
 
 
-@pytest.mark.parametrize("family", [f for f in VIDEO_FAMILIES if not tiny(f).resolved.spec.videos_with_images])
+@pytest.mark.parametrize(
+    "family", core_fast(tuple(f for f in VIDEO_FAMILIES if not tiny(f).resolved.spec.videos_with_images))
+)
 def test_families_that_cannot_take_images_beside_videos_say_so(family: str, clip: Path) -> None:
     model = tiny(family)
     exs = [
