@@ -62,7 +62,7 @@ torch.set_num_threads(1)
 warnings.filterwarnings("ignore")
 
 import savlens  # noqa: E402
-from bench.harness import loadavg, measure, paired_ratio  # noqa: E402
+from bench.harness import cpu_name, loadavg, measure, paired_ratio  # noqa: E402
 from savlens.testing.tiny import build_tiny, sample_images  # noqa: E402
 
 FAMILIES = ("llava_onevision", "qwen2_vl")
@@ -113,12 +113,7 @@ def git_state() -> dict[str, Any]:
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_name(fallback="?")
     return {
         "platform": platform.platform(),
         "cpu": cpu,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import os
+import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -38,6 +39,15 @@ def summary(xs: list[float]) -> dict[str, Any]:
     else:
         p25 = p75 = s[0]
     return {"median": statistics.median(s), "p25": p25, "p75": p75, "min": s[0], "max": s[-1], "n": len(s)}
+
+
+def cpu_name(fallback: str = "unknown") -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else ``platform.processor()``, else ``fallback``."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or fallback
 
 
 def loadavg() -> list[float]:

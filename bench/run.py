@@ -35,7 +35,7 @@ torch.set_num_threads(1)
 
 import savlens  # noqa: E402
 from bench import report  # noqa: E402
-from bench.harness import loadavg  # noqa: E402
+from bench.harness import cpu_name, loadavg  # noqa: E402
 from bench.suites import Case, Settings, run_case, run_scoring  # noqa: E402
 from savlens.testing.tiny import build_tiny, sample_images  # noqa: E402
 
@@ -193,12 +193,7 @@ def _version(dist: str) -> str:
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_name(fallback="?")
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (torch is the CPU build)"
     return {

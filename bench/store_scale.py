@@ -33,6 +33,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.harness import cpu_name  # noqa: E402
+
 OUT = ROOT / "bench" / "store_scale.json"
 DOC = ROOT / "docs" / "performance.md"
 BEGIN, END = "<!-- store-scale:begin -->", "<!-- store-scale:end -->"
@@ -179,7 +183,7 @@ def run(ns: list[int], bound: int, workdir: Path) -> dict[str, Any]:
         "command": "python bench/store_scale.py --n " + " ".join(map(str, ns)),
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": {
-            "cpu": _cpu(),
+            "cpu": cpu_name(),
             "cores": os.cpu_count(),
             "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
             "python": platform.python_version(),
@@ -191,16 +195,6 @@ def run(ns: list[int], bound: int, workdir: Path) -> dict[str, Any]:
         "memory_bound": bound,
         "results": results,
     }
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 # ---- rendering ---------------------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import savlens  # noqa: E402
-from bench.harness import loadavg, measure, paired_ratio  # noqa: E402
+from bench.harness import cpu_name, loadavg, measure, paired_ratio  # noqa: E402
 from savlens import engine  # noqa: E402
 from savlens.testing.tiny import FAMILIES, build_tiny  # noqa: E402
 
@@ -133,7 +133,7 @@ def run(families: tuple[str, ...], rounds: int) -> dict[str, Any]:
         "command": f"python bench/trace_overhead.py --rounds {rounds} --families {' '.join(families)}",
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": {
-            "cpu": _cpu(),
+            "cpu": cpu_name(),
             "cores": os.cpu_count(),
             "python": platform.python_version(),
             "torch": torch.__version__,
@@ -141,16 +141,6 @@ def run(families: tuple[str, ...], rounds: int) -> dict[str, Any]:
         },
         "results": results,
     }
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def render(data: dict[str, Any]) -> str:
