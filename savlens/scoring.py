@@ -59,11 +59,6 @@ def head_matrix(features: HeadFeatures, what: str = "features") -> Float[Tensor,
     return z
 
 
-def _flat(z: Tensor) -> Tensor:
-    """Merge the layer and head_index axes: ``example layer head_index d_head -> example (layer head_index) d_head``."""
-    return z.reshape(z.shape[0], -1, z.shape[-1])
-
-
 def stratified_folds(
     labels: Sequence[Hashable] | Int[Tensor, " example"], n_folds: int = 5, seed: int = 0
 ) -> Int[Tensor, " example"]:
