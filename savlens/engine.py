@@ -191,16 +191,18 @@ def _pattern_captures(
     layers: dict[Any, dict[int, None]] = {}
     for req in requests:
         for name in req.names:
-            layer, template = split_name(name)
+            layer, template = _split(name)
             if template == _PATTERN and layer is not None:
                 layers.setdefault(_pos_key(req.positions), {})[layer] = None
     return {key: PatternCapture(model, ls, selections[key]) for key, ls in layers.items()}
 
 
 def _fill_patterns(captures: dict[Any, PatternCapture], requests: list[Request], raw: list[dict[str, Tensor]]) -> None:
+    if not captures:  # no hook_pattern saved (the common trace): nothing to walk
+        return
     for i, req in enumerate(requests):
         for name in req.names:
-            layer, template = split_name(name)
+            layer, template = _split(name)
             if template == _PATTERN and layer is not None:
                 x = captures[_pos_key(req.positions)].patterns[layer]
                 raw[i][name] = x.to(device=req.device, dtype=req.dtype) if req.device or req.dtype else x
